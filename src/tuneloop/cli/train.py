@@ -1,0 +1,1 @@
+"""Commands of this group register on the apps in `tuneloop.cli.apps`."""

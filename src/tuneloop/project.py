@@ -1,0 +1,264 @@
+"""`tuneloop.yaml` → typed config, and the paths of a project directory.
+
+Every key has a default and a one-line help (the pydantic `description`); `tuneloop init` writes a commented file
+from these. A stage reads only its own section. Unknown keys are an error that names the key, so a typo never
+silently falls back to a default.
+
+```
+myproject/
+  tuneloop.yaml
+  data/raw/              what the user brings (never modified)
+  data/rounds/r0001/     train/val/test/quarantine.jsonl, manifest.json, report.html
+  runs/<run-id>/         run card, config used, checkpoints, adapter, metrics.jsonl
+  exports/<name>/        merged model, chat template, manifest
+  evals/<id>/            per-sample results, report.html
+  traces.db              SQLite: traces, feedback, relabel queue, annotations
+```
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROJECT_FILE = "tuneloop.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(Section):
+    path: str = Field(description="Data file or LLaMA-Factory folder, relative to the project.")
+    license: str = Field("internal", description="License of the source; must be on data.license_allowlist.")
+    format: str = Field("auto", description="auto | alpaca | sharegpt | openai | csv | parquet.")
+    dataset: str | None = Field(None, description="Entry of a LLaMA-Factory dataset_info.json to read.")
+
+
+class TaskConfig(Section):
+    name: str = Field("task", description="Short name of the task; names runs and exports.")
+    schema_: str | dict[str, Any] | None = Field(
+        None, alias="schema", description="JSON Schema of the answer (file or inline); makes it a JSON task."
+    )
+    system: str = Field("", description="Default system prompt for samples without their own.")
+    sop: str | None = Field("sop.md", description="Annotation SOP file used by the annotation tool and the judge.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SplitConfig(Section):
+    val: float = Field(0.1, ge=0, lt=1, description="Share of seed groups held out for validation.")
+    test: float = Field(0.1, ge=0, lt=1, description="Share of seed groups held out for the test set.")
+    group_by: str = Field("lineage.source_id", description="Field that keeps variants of one seed together.")
+    seed: int = Field(0, description="Seed of the group shuffle.")
+
+
+class DedupConfig(Section):
+    threshold: float = Field(0.8, description="Jaccard similarity above which two rows are near-duplicates.")
+    same_seed_threshold: float = Field(0.9, description="Higher bar for variants of one seed (same source_id).")
+    num_perm: int = Field(128, description="MinHash permutations.")
+    word_ngram: int = Field(3, description="Word n-gram size for Latin text.")
+    char_ngram: int = Field(4, description="Character n-gram size (3-5) for Chinese text.")
+
+
+class LeakageConfig(Section):
+    char_ngram: int = Field(10, description="Character n-gram (8-13) for Chinese overlap.")
+    word_ngram: int = Field(13, description="Word n-gram for English overlap.")
+    allow: bool = Field(False, description="Report leaks without failing the gate (not recommended).")
+
+
+class PIIConfig(Section):
+    mode: Literal["placeholder", "fake"] = Field("placeholder", description="[PHONE_1] placeholders or fake values.")
+    extra_patterns: dict[str, str] = Field(default_factory=dict, description="Extra TYPE: regex recognizers.")
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=list, description="Files the gate reads, with licenses.")
+    license_allowlist: list[str] = Field(
+        default_factory=lambda: ["internal", "apache-2.0", "mit", "cc-by-4.0", "cc0-1.0"],
+        description="Licenses a source may carry.",
+    )
+    mix: dict[str, float] = Field(
+        default_factory=lambda: {"golden": 0.4, "negative": 0.2, "boundary": 0.3, "generic": 0.1},
+        description="Target share of each sample type in train.",
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig, description="How train/val/test are cut.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Near-duplicate settings.")
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig, description="Train/test overlap settings.")
+    pii: PIIConfig = Field(default_factory=PIIConfig, description="PII redaction settings.")
+    max_rejected_share: float = Field(0.2, description="The check fails when more than this share is quarantined.")
+    max_tokens: int | None = Field(None, description="Rows longer than this many tokens are flagged (None: train.max_length).")
+
+
+class TrainConfig(Section):
+    method: Literal["lora", "qlora", "full"] = Field("lora", description="lora | qlora | full fine-tuning.")
+    max_length: int = Field(1024, description="Longest row in tokens; longer inputs are windowed, never the answer.")
+    window_overlap: int = Field(64, description="Tokens two input windows share when a long input is split.")
+    packing: bool = Field(True, description="Pack rows into max_length bins without cross-sample attention.")
+    effective_batch: int = Field(64, description="Target samples per optimizer step (64 default, 128 preset).")
+    per_device_batch: int = Field(4, description="Rows per device per forward pass.")
+    learning_rate: float | None = Field(None, description="None: 2e-4 for LoRA/QLoRA, 1e-5 for full.")
+    epochs: float = Field(3, description="Passes over the train set.")
+    max_steps: int | None = Field(None, description="Stop after this many optimizer steps (overrides epochs).")
+    warmup_ratio: float = Field(0.04, ge=0.03, le=0.05, description="Warmup share of optimizer steps (3-5 %).")
+    lora_rank: int = Field(16, description="LoRA rank: 16 default, 32, 64/128 for new-knowledge tasks.")
+    lora_alpha: int | None = Field(None, description="None: 2 x rank.")
+    lora_dropout: float = Field(0.05, description="Dropout on LoRA layers.")
+    eval_steps: int = Field(50, description="Evaluate on val every this many optimizer steps.")
+    early_stopping_patience: int = Field(3, description="Stop after this many evaluations without improvement.")
+    oscillation_evals: int = Field(4, description="Evaluations of oscillating val loss before suggesting 5e-5.")
+    seed: int = Field(42, description="Seed for data order and initialisation.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+
+
+class EvalGate(Section):
+    schema_valid: float | None = Field(0.98, description="Minimum schema-valid rate of the candidate.")
+    json_valid: float | None = Field(None, description="Minimum strict JSON parse rate.")
+    field_accuracy: float | dict[str, str] | None = Field(
+        default_factory=lambda: {"not_worse_than": "baseline"},
+        description="A minimum, or {not_worse_than: baseline} (significance-tested).",
+    )
+    alpha: float = Field(0.05, description="Significance level of the paired tests.")
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(256, description="Longest answer generated.")
+    batch_size: int = Field(16, description="Prompts per generation batch (local backend).")
+    constrained: bool = Field(False, description="Also run with schema-constrained decoding.")
+    max_samples: int | None = Field(None, description="Evaluate at most this many test samples.")
+    gate: EvalGate = Field(default_factory=EvalGate, description="What a candidate must reach to pass.")
+    judge: dict[str, Any] | None = Field(None, description="LLM judge endpoint: {base_url, model, api_key_env}.")
+
+
+class ServeConfig(Section):
+    backend: Literal["embedded", "vllm"] = Field("embedded", description="embedded | vllm.")
+    host: str = Field("127.0.0.1", description="Interface to listen on (loopback by default).")
+    port: int = Field(8000, description="Port to listen on.")
+    api_key_env: str | None = Field(None, description="Environment variable holding a required API key.")
+
+
+class ProjectConfig(Section):
+    task: TaskConfig = Field(default_factory=TaskConfig, description="What the model must do.")
+    model: str = Field("default", description="HF model id, local directory, or 'default' (embedded SmolLM2).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Sources and the quality gate.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving settings.")
+
+
+class ProjectError(ValueError):
+    """A project file or directory that cannot be used, with what to change."""
+
+
+class Project:
+    """A project directory and its parsed `tuneloop.yaml`."""
+
+    def __init__(self, root: str | Path, config: ProjectConfig | None = None):
+        self.root = Path(root).resolve()
+        self.config = config or ProjectConfig()
+
+    @classmethod
+    def load(cls, root: str | Path = ".") -> Project:
+        root = Path(root)
+        path = root / PROJECT_FILE
+        if not path.exists():
+            raise ProjectError(f"{path}: no project file here. Create one with `tuneloop init {root}` or pass paths.")
+        return cls(root, load_config(path))
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    def path(self, relative: str | Path) -> Path:
+        relative = Path(relative)
+        return relative if relative.is_absolute() else self.root / relative
+
+    @property
+    def rounds_dir(self) -> Path:
+        return self.root / "data" / "rounds"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.root / "evals"
+
+    @property
+    def traces_db(self) -> Path:
+        return self.root / "traces.db"
+
+    def rounds(self) -> list[Path]:
+        """Completed round folders, oldest first (a round is complete once its manifest exists)."""
+        if not self.rounds_dir.exists():
+            return []
+        return sorted(p for p in self.rounds_dir.iterdir() if re.fullmatch(r"r\d{4}", p.name) and (p / "manifest.json").exists())
+
+    def latest_round(self) -> Path | None:
+        rounds = self.rounds()
+        return rounds[-1] if rounds else None
+
+    def next_round(self) -> Path:
+        rounds = self.rounds()
+        number = int(rounds[-1].name[1:]) + 1 if rounds else 1
+        return self.rounds_dir / f"r{number:04d}"
+
+    def schema(self) -> dict[str, Any] | None:
+        """The task's JSON Schema (loaded from its file when a path is given)."""
+        return resolve_schema(self.config.task.schema_, self.root)
+
+
+def resolve_schema(schema: str | dict[str, Any] | None, base: Path) -> dict[str, Any] | None:
+    if schema is None or isinstance(schema, dict):
+        return schema
+    path = Path(schema) if Path(schema).is_absolute() else base / schema
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProjectError(f"{path}: task.schema points to a file that does not exist; fix the path in tuneloop.yaml.") from None
+    except json.JSONDecodeError as err:
+        raise ProjectError(f"{path}, line {err.lineno}: the schema is not valid JSON ({err.msg}).") from None
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ProjectError(f"{path}{where}: not valid YAML ({err}).") from None
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ProjectError(f"{path}: {problems}. See `tuneloop init --help` for every key with its help.") from None
+
+
+def dump_config(config: ProjectConfig) -> str:
+    """The config as YAML with each key's help as a comment above it."""
+    lines: list[str] = []
+
+    def emit(model: BaseModel, indent: int) -> None:
+        for name, field in type(model).model_fields.items():
+            key = field.alias or name
+            value = getattr(model, name)
+            pad = "  " * indent
+            if field.description:
+                lines.append(f"{pad}# {field.description}")
+            if isinstance(value, BaseModel):
+                lines.append(f"{pad}{key}:")
+                emit(value, indent + 1)
+            else:
+                # JSON is valid YAML flow style and keeps each value on one line
+                lines.append(f"{pad}{key}: {json.dumps(value, ensure_ascii=False)}")
+
+    emit(config, 0)
+    return "\n".join(lines) + "\n"

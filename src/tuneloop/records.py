@@ -1,0 +1,216 @@
+"""The records every stage shares.
+
+A `Sample` is one Alpaca-style row with metadata and lineage. Every stage takes samples and returns samples;
+file formats are read and written only in `tuneloop.data.formats`.
+
+`output` is always a string: a JSON object or list given as output is serialized with
+`json.dumps(..., ensure_ascii=False)` so that a model is trained on exactly the text it must produce.
+Unknown fields are kept (pydantic `extra="allow"`) and written back out, so nothing a user brought is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SampleType = Literal["golden", "negative", "boundary", "generic"]
+Expected = Literal["answer", "refuse"]
+SAMPLE_TYPES: tuple[str, ...] = ("golden", "negative", "boundary", "generic")
+
+
+def as_text(value: Any) -> str:
+    """A field value as text: strings stay, JSON values are serialized without ASCII escaping."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def content_hash(*parts: Any, length: int = 16) -> str:
+    """A short sha256 over JSON-serialized parts; stable across runs and machines."""
+    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+class Meta(BaseModel):
+    """Who made a sample, for what task, and how hard it is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_type: str | None = Field(None, description="Kind of task, e.g. extraction, classification.")
+    difficulty: str | None = Field(None, description="easy | medium | hard; hard samples are kept in val.")
+    domain: str | None = Field(None, description="Business domain, e.g. e-commerce support.")
+    source: str | None = Field(None, description="Where the row came from: file, data set id, trace, synth.")
+    annotator: str | None = Field(None, description="Who wrote the answer.")
+    reviewer: str | None = Field(None, description="Who reviewed the answer; reviewed rows win dedup ties.")
+    version: str | None = Field(None, description="Data or SOP version the row was made under.")
+
+
+class Lineage(BaseModel):
+    """Where a sample comes from. Variants keep their seed's `source_id`; splits group by it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source_id: str | None = Field(None, description="Id of the seed this row descends from (itself for a seed).")
+    augment_type: str | None = Field(None, description="How the row was derived: None for an original.")
+    augment_round: int | None = Field(None, description="Augmentation round that made the row.")
+    parent_id: str | None = Field(None, description="Id of the row this one was made from.")
+
+
+class Sample(BaseModel):
+    """One training/eval row in Alpaca shape, with metadata and lineage."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = ""
+    instruction: str = ""
+    input: str = ""
+    output: str = ""
+    system: str = ""
+    history: list[list[str]] = Field(default_factory=list, description="Earlier [user, assistant] turns.")
+    rejected: str | None = Field(None, description="A worse answer for preference training (DPO).")
+    sample_type: SampleType = "golden"
+    expected: Expected = "answer"
+    output_schema: str | dict[str, Any] | None = None
+    meta: Meta = Field(default_factory=Meta)
+    lineage: Lineage = Field(default_factory=Lineage)
+
+    @field_validator("output", "rejected", mode="before")
+    @classmethod
+    def _serialize_json_answers(cls, value: Any) -> Any:
+        if isinstance(value, (dict, list, int, float, bool)) and not isinstance(value, str):
+            return json.dumps(value, ensure_ascii=False)
+        return value
+
+    @field_validator("instruction", "input", "system", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @field_validator("history", mode="before")
+    @classmethod
+    def _history_none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _stable_identity(self) -> Sample:
+        if not self.id:
+            self.id = self.content_id()
+        if not self.lineage.source_id:
+            self.lineage.source_id = self.id
+        return self
+
+    def content_id(self) -> str:
+        """Content hash of what the model sees and must answer; the id of a row that brought none."""
+        return content_hash(self.system, self.history, self.instruction, self.input, self.output)
+
+    @property
+    def prompt(self) -> str:
+        """The user turn: instruction and input joined the way every stage renders them."""
+        return join_prompt(self.instruction, self.input)
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """Fields the user brought that tuneloop has no name for (kept and written back)."""
+        return dict(self.model_extra or {})
+
+
+def join_prompt(instruction: str, input_text: str) -> str:
+    """Instruction and input as one user turn (LLaMA-Factory's alpaca convention: a newline between them)."""
+    if instruction and input_text:
+        return f"{instruction}\n{input_text}"
+    return instruction or input_text
+
+
+def to_messages(sample: Sample, default_system: str = "", with_answer: bool = True) -> list[dict[str, str]]:
+    """The chat a model sees for a sample, the one rendering train, eval and serve all use.
+
+    ```
+    [system]            sample.system, else the task's default system prompt (omitted when both empty)
+    [user, assistant]*  sample.history
+    user                instruction + "\\n" + input
+    assistant           output            (only when with_answer)
+    ```
+    """
+    messages: list[dict[str, str]] = []
+    system = sample.system or default_system
+    if system:
+        messages.append({"role": "system", "content": system})
+    for turn in sample.history:
+        user, assistant = (list(turn) + ["", ""])[:2]
+        messages.append({"role": "user", "content": user})
+        messages.append({"role": "assistant", "content": assistant})
+    messages.append({"role": "user", "content": sample.prompt})
+    if with_answer:
+        messages.append({"role": "assistant", "content": sample.output})
+    return messages
+
+
+class QuarantinedRow(BaseModel):
+    """A row a stage refused, with where it came from and why; nothing is dropped silently."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source_file: str
+    line: int | None = Field(None, description="1-based line (JSONL/CSV) or element index + 1 (JSON array).")
+    sample_id: str | None = None
+    stage: str
+    reason: str
+    raw: Any = None
+
+
+class PreferencePair(BaseModel):
+    """A prompt with a better and a worse answer (DPO), made from a sample with `rejected` or by best-of-N."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    source_id: str | None = None
+
+
+class Trace(BaseModel):
+    """One served request and answer, as the trace store and Langfuse keep it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    created_at: float
+    model: str
+    model_version: str | None = None
+    messages: list[dict[str, Any]]
+    output: str
+    response_format: dict[str, Any] | None = None
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    json_valid: bool | None = None
+    schema_valid: bool | None = None
+    finish_reason: str | None = None
+    arm: str | None = None
+    user: str | None = None
+    error: str | None = None
+
+
+class EvalResult(BaseModel):
+    """What one model answered for one test sample, and how that answer scores."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sample_id: str
+    model: str
+    prompt_hash: str
+    template_hash: str | None = None
+    raw: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    constrained: bool = False
+    scores: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Helpers for tuneloop's own tests and benchmarks (no network, no hub)."""

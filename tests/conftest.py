@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub; the embedded default and the tiny model are all they use.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+LLAMAFACTORY_DEMO = FIXTURES / "llamafactory-demo"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 with a trained byte-level BPE tokenizer and a ChatML template."""
+    from tuneloop.testing.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_tied_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with tied input/output embeddings."""
+    from tuneloop.testing.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_tied") / "model", tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def llamafactory_demo() -> Path:
+    if not LLAMAFACTORY_DEMO.exists():
+        pytest.fail(f"{LLAMAFACTORY_DEMO}: the shared fixtures are missing; CI lays ../shared beside the checkout.")
+    return LLAMAFACTORY_DEMO
