@@ -124,6 +124,12 @@ class EvalGate(Section):
         description="A minimum, or {not_worse_than: baseline} (significance-tested).",
     )
     alpha: float = Field(0.05, description="Significance level of the paired tests.")
+    refusal_ok: float | None = Field(None, description="Minimum refusal consistency on boundary samples.")
+    not_worse: list[str] = Field(
+        default_factory=lambda: ["json_valid", "schema_valid", "refusal_ok"],
+        description="Binary metrics the candidate must not be significantly worse on than the baseline (McNemar).",
+    )
+    mode: Literal["unconstrained", "constrained"] = Field("unconstrained", description="Which eval mode is gated.")
 
 
 class EvalConfig(Section):
@@ -131,6 +137,8 @@ class EvalConfig(Section):
     batch_size: int = Field(16, description="Prompts per generation batch (local backend).")
     constrained: bool = Field(False, description="Also run with schema-constrained decoding.")
     max_samples: int | None = Field(None, description="Evaluate at most this many test samples.")
+    seed: int = Field(0, description="Seed of generation (greedy decoding is deterministic regardless).")
+    concurrency: int = Field(8, description="Requests in flight at once against an endpoint.")
     gate: EvalGate = Field(default_factory=EvalGate, description="What a candidate must reach to pass.")
     judge: dict[str, Any] | None = Field(None, description="LLM judge endpoint: {base_url, model, api_key_env}.")
 

@@ -1,0 +1,204 @@
+"""Where answers come from: a local Hugging Face model (batched) or any OpenAI-compatible endpoint.
+
+Both return one `Generation` per prompt, in the order given. This module imports neither pydantic records nor
+trl, so the GPU benchmark runs it on a bare torch + transformers machine.
+
+Local batching:
+```
+prompts ──tokenize──▶ sort by length (longest first) ──▶ batches of batch_size, left-padded
+        ◀──restore order── decode up to the first EOS ◀── model.generate (greedy unless told, fixed seed)
+```
+Left padding keeps every prompt's last token at the right edge, so one forward step extends all rows; sorting
+keeps the padding in a batch small.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    error: str | None = None
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first.
+
+    >>> length_sorted_batches([3, 9, 1, 7], 2)
+    [[1, 3], [0, 2]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def cut_at_eos(ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], str]:
+    """Generated ids up to the first end token, and the finish reason ("stop" or "length")."""
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            return list(ids[:position]), "stop"
+    return list(ids), "length"
+
+
+class LocalBackend:
+    """Batched generation with a loaded model and tokenizer (see `tuneloop.models.load_causal_lm`)."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, max_new_tokens: int = 256, seed: int = 0,
+                 do_sample: bool = False, temperature: float = 1.0, ignore_eos: bool = False,
+                 cache_implementation: str | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.max_new_tokens, self.seed = batch_size, max_new_tokens, seed
+        self.do_sample, self.temperature = do_sample, temperature
+        self.ignore_eos = ignore_eos  # benchmarks: every row runs to max_new_tokens
+        self.cache_implementation = cache_implementation
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.eos_ids = end_token_ids(model, tokenizer)
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The chat template applied the way training renders it, with the assistant turn opened."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: Sequence[str], logits_processor_factory: Callable[[], Any] | None = None,
+                 progress: Progress | None = None) -> list[Generation]:
+        """Answers for rendered prompts; `logits_processor_factory` makes a constraint per batch (e.g. a schema)."""
+        import torch
+
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        results: list[Generation | None] = [None] * len(encoded)
+        device = next(self.model.parameters()).device
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        for batch in length_sorted_batches([len(ids) for ids in encoded], self.batch_size):
+            padded = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt")
+            extra: dict[str, Any] = {}
+            if logits_processor_factory is not None:
+                extra["logits_processor"] = [logits_processor_factory()]
+            if self.ignore_eos:
+                extra["min_new_tokens"] = self.max_new_tokens
+            if self.do_sample:
+                extra["temperature"] = self.temperature
+            if self.cache_implementation:
+                extra["cache_implementation"] = self.cache_implementation
+            started = time.perf_counter()
+            with torch.inference_mode():
+                output = self.model.generate(
+                    input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device),
+                    max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids), **extra,
+                )
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            new_tokens = output[:, padded["input_ids"].shape[1]:].tolist()
+            for index, ids in zip(batch, new_tokens):
+                kept, finish = cut_at_eos(ids, set() if self.ignore_eos else self.eos_ids)
+                results[index] = Generation(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True), finish_reason=finish,
+                    prompt_tokens=len(encoded[index]), completion_tokens=len(kept), latency_ms=elapsed_ms,
+                )
+            if progress:
+                progress(len(batch))
+        return [r for r in results if r is not None]
+
+
+def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def schema_constraint(model: Any, tokenizer: Any, schema: dict[str, Any]) -> Callable[[], Any]:
+    """A factory of logits processors that only let the model write JSON valid under `schema` (xgrammar).
+
+    The grammar is compiled once; each `generate` call needs a fresh processor (it holds per-row matchers).
+    """
+    import json
+
+    import xgrammar
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    info = xgrammar.TokenizerInfo.from_huggingface(
+        tokenizer, vocab_size=model.config.vocab_size, stop_token_ids=sorted(end_token_ids(model, tokenizer))
+    )
+    compiled = xgrammar.GrammarCompiler(info).compile_json_schema(json.dumps(schema), strict_mode=True)
+    return lambda: LogitsProcessor(compiled)
+
+
+def json_schema_format(schema: dict[str, Any], name: str = "answer") -> dict[str, Any]:
+    """The OpenAI `response_format` for a JSON Schema (the current form, not the removed guided_json fields)."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+RETRYABLE = ("APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError")
+
+
+class EndpointBackend:
+    """Chat completions from any OpenAI-compatible server through the official client.
+
+    `concurrency` requests are in flight at once; a connection error, timeout, 429 or 5xx is retried up to
+    `max_retries` times with exponential backoff and jitter. Other errors (a 400 for a bad request) are not
+    retried: the Generation carries the error and an empty text.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
+                 max_retries: int = 4, backoff_s: float = 0.5, timeout_s: float = 120.0, max_tokens: int = 256,
+                 temperature: float = 0.0, seed: int = 0):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout_s)
+        self.model, self.concurrency = model, concurrency
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
+
+    def chat(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None = None) -> Generation:
+        """One completion, retried with backoff on transient errors."""
+        started = time.perf_counter()
+        for attempt in range(self.max_retries + 1):
+            try:
+                kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
+                                          "temperature": self.temperature, "seed": self.seed}
+                if response_format is not None:
+                    kwargs["response_format"] = response_format
+                response = self.client.chat.completions.create(**kwargs)
+                choice = response.choices[0]
+                usage = response.usage
+                return Generation(
+                    text=choice.message.content or "", finish_reason=choice.finish_reason,
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                )
+            except Exception as err:  # the client's error classes are matched by name to keep openai optional here
+                if type(err).__name__ not in RETRYABLE or attempt == self.max_retries:
+                    return Generation("", "error", 0, 0, (time.perf_counter() - started) * 1000,
+                                      error=f"{type(err).__name__}: {err}")
+                time.sleep(self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    def generate_chats(self, conversations: Sequence[list[dict[str, str]]], response_format: dict[str, Any] | None = None,
+                       progress: Progress | None = None) -> list[Generation]:
+        """Completions for many conversations, `concurrency` at a time, in the order given."""
+
+        def one(messages: list[dict[str, str]]) -> Generation:
+            result = self.chat(messages, response_format)
+            if progress:
+                progress(1)
+            return result
+
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+            return list(pool.map(one, conversations))
+

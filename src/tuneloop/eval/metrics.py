@@ -1,0 +1,237 @@
+"""Scoring one answer against its test sample, and rates over a run.
+
+Per answer (`score_answer`), each a plain value so results stay one JSON line:
+
+```
+json_valid      the whole output is one JSON value (json.loads; surrounding whitespace allowed)
+schema_valid    json_valid and valid under the JSON Schema (None when there is no schema or the sample must refuse)
+exact_match     canonical JSON equality when the expected output is JSON, else stripped text equality
+noise           what wraps the JSON: "prefix" ("Here is the JSON:"), "code_fence" (```json), "suffix" (trailing text)
+fields          {dotted.path: [exact, normalized]} for every leaf of the expected JSON, read from the JSON found
+                in the output even when it is wrapped in noise, so noise and wrong fields are counted apart
+refused         the answer is a refusal (see `is_refusal`)
+refusal_ok      must-refuse refused / must-answer answered; on boundary samples and samples with expected "refuse"
+truncated       finish_reason == "length"
+ok              no failure of any kind above: the per-sample pass used for failure rates and bad cases
+```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tuneloop.records import Sample
+
+MISSING = object()
+NULL_LIKE = {"", "null", "none", "n/a", "na", "无", "空"}
+# Keys whose truthy value marks a JSON answer as the schema's refusal form, e.g. {"refusal": "out of scope"}.
+REFUSAL_KEYS = ("refusal", "refused", "refuse", "cannot_answer", "unanswerable", "error")
+REFUSAL_PHRASES = (
+    "i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "i'm unable", "i am unable", "unable to help",
+    "not able to help", "i won't", "i will not", "cannot help", "can't help", "cannot assist", "can't assist",
+    "cannot provide", "can't provide", "as an ai",
+    "无法", "不能", "抱歉", "对不起", "不可以", "拒绝", "无可奉告",
+)
+FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?```", re.DOTALL)
+BINARY_METRICS = ("ok", "json_valid", "schema_valid", "exact_match", "clean", "refusal_ok", "complete")
+
+
+def parse_strict(text: str) -> tuple[bool, Any]:
+    """(True, value) when the whole text is one JSON value; (False, None) otherwise."""
+    try:
+        return True, json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return False, None
+
+
+def find_json(text: str) -> tuple[Any, list[str]]:
+    """The first JSON object or array in a text, and the noise around it.
+
+    >>> find_json('Here is the JSON:\\n```json\\n{"a": 1}\\n``` hope it helps')
+    ({'a': 1}, ['prefix', 'code_fence', 'suffix'])
+    """
+    ok, value = parse_strict(text)
+    if ok:
+        return value, []
+    noise: list[str] = []
+    body, before, after = text, "", ""
+    fence = FENCE.search(text)
+    if fence:
+        noise.append("code_fence")
+        body, before, after = fence.group(1), text[: fence.start()], text[fence.end():]
+    decoder = json.JSONDecoder()
+    for start, char in enumerate(body):
+        if char not in "{[":
+            continue
+        try:
+            value, end = decoder.raw_decode(body, start)
+        except json.JSONDecodeError:
+            continue
+        if (before + body[:start]).strip():
+            noise.insert(0, "prefix")
+        if (body[end:] + after).strip():
+            noise.append("suffix")
+        return value, noise
+    return MISSING, noise
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of a JSON value by dotted path; list items by index; empty objects and lists are leaves.
+
+    >>> flatten({"a": {"b": 1, "c": [2, None]}, "d": {}})
+    {'a.b': 1, 'a.c.0': 2, 'a.c.1': None, 'd': {}}
+    """
+    if isinstance(value, dict) and value:
+        items: Iterable[tuple[str, Any]] = value.items()
+    elif isinstance(value, list) and value:
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, child in items:
+        flat.update(flatten(child, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def normalize(value: Any) -> Any:
+    """A leaf as compared leniently: case, width and spacing folded; numbers by value; null-like text is null."""
+    if value is MISSING or value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return round(float(value), 6)
+    if isinstance(value, str):
+        text = " ".join(unicodedata.normalize("NFKC", value).casefold().split())
+        if text in NULL_LIKE:
+            return None
+        try:
+            number = float(text.replace(",", ""))
+        except ValueError:
+            return text
+        return round(number, 6) if math.isfinite(number) else text
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def field_scores(expected: Any, actual: Any) -> dict[str, list[bool]]:
+    """[exact, normalized] per leaf of the expected JSON; a missing key equals an expected null."""
+    got = flatten(actual) if actual is not MISSING else {}
+    scores: dict[str, list[bool]] = {}
+    for path, want in flatten(expected).items():
+        have = got.get(path, MISSING)
+        exact = have == want and type(have) is type(want) if have is not MISSING else want is None
+        scores[path] = [bool(exact), normalize(have) == normalize(want)]
+    return scores
+
+
+def is_refusal(text: str, value: Any = MISSING) -> bool:
+    """Whether an answer declines the task.
+
+    For a JSON task a refusal is either the schema's refusal form (an object with a truthy `refusal`, `refused`,
+    `cannot_answer`, `unanswerable` or `error` key) or text with a refusal phrase in English or Chinese
+    ("I can't", "I'm sorry", "无法", "抱歉", ...). A JSON answer whose values merely mention such words is an answer.
+    """
+    if isinstance(value, dict):
+        return any(value.get(key) not in (None, False, "", 0) for key in REFUSAL_KEYS)
+    if value is not MISSING:
+        return False
+    lowered = text.casefold().replace("’", "'")
+    return any(phrase in lowered for phrase in REFUSAL_PHRASES)
+
+
+def schema_errors(validator: Any, value: Any) -> list[str]:
+    return [f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in validator.iter_errors(value)]
+
+
+def score_answer(sample: Sample, raw: str, finish_reason: str | None, validator: Any = None) -> dict[str, Any]:
+    """Every metric of one answer (see the module docstring); `validator` is a jsonschema validator or None."""
+    json_valid, strict_value = parse_strict(raw)
+    found, noise = find_json(raw)
+    expected_is_json, expected_value = parse_strict(sample.output)
+    expected_is_json = expected_is_json and isinstance(expected_value, (dict, list))
+    must_refuse = sample.expected == "refuse"
+    refused = is_refusal(raw, found)
+    scores: dict[str, Any] = {
+        "json_valid": json_valid,
+        "noise": noise,
+        "clean": not noise,
+        "refused": refused,
+        "complete": finish_reason != "length",
+        "truncated": finish_reason == "length",
+    }
+    if expected_is_json:
+        scores["exact_match"] = json_valid and canonical(strict_value) == canonical(expected_value)
+    else:
+        scores["exact_match"] = raw.strip() == sample.output.strip()
+    if validator is not None and not must_refuse:
+        errors = schema_errors(validator, strict_value) if json_valid else ["output is not JSON"]
+        scores["schema_valid"] = not errors
+        scores["schema_errors"] = errors[:3]
+    if expected_is_json and not must_refuse:
+        fields = field_scores(expected_value, found)
+        scores["fields"] = fields
+        scores["field_exact"] = sum(e for e, _ in fields.values()) / len(fields)
+        scores["field_normalized"] = sum(n for _, n in fields.values()) / len(fields)
+    if sample.sample_type == "boundary" or must_refuse:
+        scores["refusal_ok"] = refused == must_refuse
+    scores["ok"] = sample_ok(scores, expected_is_json, must_refuse)
+    return scores
+
+
+def sample_ok(scores: Mapping[str, Any], expected_is_json: bool, must_refuse: bool) -> bool:
+    if scores.get("refusal_ok") is False or scores["truncated"]:
+        return False
+    if must_refuse:
+        return True
+    if scores.get("schema_valid") is False:
+        return False
+    if expected_is_json:
+        return bool(scores["json_valid"]) and scores["field_normalized"] == 1.0
+    return bool(scores["exact_match"])
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def rate(values: Iterable[Any]) -> tuple[float | None, int]:
+    """Share of true values among those that apply (None = does not apply), and how many applied."""
+    present = [bool(v) for v in values if v is not None]
+    return (sum(present) / len(present) if present else None), len(present)
+
+
+def summarize(scores: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Rates over one run's per-answer scores, per-field accuracy (micro and macro) and noise kinds."""
+    summary: dict[str, Any] = {"n": len(scores)}
+    for metric in (*BINARY_METRICS, "truncated", "refused"):
+        value, applies = rate(s.get(metric) for s in scores)
+        summary[metric] = value
+        summary[f"{metric}_n"] = applies
+    summary["noise_rate"] = None if summary["clean"] is None else 1 - summary["clean"]
+    summary["noise_kinds"] = {kind: sum(kind in s.get("noise", []) for s in scores) for kind in ("prefix", "code_fence", "suffix")}
+    per_field: dict[str, list[list[bool]]] = defaultdict(list)
+    for s in scores:
+        for path, pair in (s.get("fields") or {}).items():
+            per_field[generic_path(path)].append(pair)
+    all_pairs = [pair for pairs in per_field.values() for pair in pairs]
+    for index, name in ((0, "exact"), (1, "normalized")):
+        summary[f"field_accuracy_{name}_micro"] = (sum(p[index] for p in all_pairs) / len(all_pairs)) if all_pairs else None
+        field_rates = [sum(p[index] for p in pairs) / len(pairs) for pairs in per_field.values()]
+        summary[f"field_accuracy_{name}_macro"] = (sum(field_rates) / len(field_rates)) if field_rates else None
+    summary["field_accuracy"] = summary["field_accuracy_normalized_micro"]
+    summary["per_field"] = {
+        path: {"n": len(pairs), "exact": sum(p[0] for p in pairs) / len(pairs), "normalized": sum(p[1] for p in pairs) / len(pairs)}
+        for path, pairs in sorted(per_field.items())
+    }
+    return summary
+
+
+def generic_path(path: str) -> str:
+    """List indices folded, so `items.0.sku` and `items.1.sku` count as one field `items.*.sku`."""
+    return ".".join("*" if part.isdigit() else part for part in path.split("."))
