@@ -5,20 +5,32 @@ Core contract every stage relies on:
   it becomes a `QuarantinedRow` with the source file, its 1-based line and the reason.
 - `write_samples(path, samples)` writes tuneloop JSONL (one `Sample` per line, extras kept) atomically.
 - `write_quarantine(path, rows)` writes quarantined rows as JSONL atomically.
+- `read_file(path, format, columns, tags, ranking, source)` reads Alpaca (JSON array or JSONL), ShareGPT, OpenAI
+  messages, CSV and Parquet with column mapping; `write_file(path, samples, shape)` writes them back.
+  Row shapes live in `shapes` / `openai_chat`, file kinds in `containers`, LLaMA-Factory entries in `llamafactory`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from tuneloop.data.containers import RawRow, container_of, iter_rows, write_rows
+from tuneloop.data.conversation import RowError
+from tuneloop.data.openai_chat import openai_to_sample, sample_to_openai
+from tuneloop.data.shapes import (
+    Columns, Tags, alpaca_to_sample, sample_to_alpaca, sample_to_sharegpt, sharegpt_to_sample, structured,
+)
 from tuneloop.files import atomic_open
 from tuneloop.records import QuarantinedRow, Sample
+
+SHAPES = ("alpaca", "sharegpt", "openai")
+FORMATS = ("auto", *SHAPES, "csv", "parquet")
 
 
 @dataclass
@@ -36,52 +48,89 @@ def validation_reason(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'row'}: {e['msg']}" for e in err.errors())
 
 
-def read_jsonl(path: str | Path, stage: str = "read") -> ReadResult:
-    """tuneloop JSONL: one Sample per line. BOM, CRLF and blank lines are tolerated; everything else is quarantined."""
-    path = Path(path)
+def collect(path: str | Path, items: Iterable[RawRow | QuarantinedRow], convert: Callable[[dict[str, Any]], Sample],
+            stage: str) -> ReadResult:
+    """Samples from rows; a row `convert` refuses (RowError, ValidationError) is quarantined with its line and reason."""
     result = ReadResult(source=str(path))
-    with open(path, "rb") as handle:
-        for number, raw_line in enumerate(handle, start=1):
-            if number == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
-                raw_line = raw_line[3:]
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                result.quarantined.append(QuarantinedRow(
-                    source_file=str(path), line=number, stage=stage,
-                    reason=f"invalid UTF-8 at byte {err.start}; re-save the file as UTF-8",
-                    raw=raw_line.decode("utf-8", errors="replace"),
-                ))
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                result.quarantined.append(QuarantinedRow(
-                    source_file=str(path), line=number, stage=stage,
-                    reason=f"not valid JSON at column {err.colno}: {err.msg}", raw=line.rstrip("\r\n"),
-                ))
-                continue
-            if not isinstance(row, dict):
-                result.quarantined.append(QuarantinedRow(
-                    source_file=str(path), line=number, stage=stage,
-                    reason=f"expected a JSON object per line, got {type(row).__name__}", raw=row,
-                ))
-                continue
-            try:
-                result.samples.append(Sample.model_validate(row))
-            except ValidationError as err:
-                result.quarantined.append(QuarantinedRow(
-                    source_file=str(path), line=number, sample_id=row.get("id") if isinstance(row.get("id"), str) else None,
-                    stage=stage, reason=validation_reason(err), raw=row,
-                ))
+    for item in items:
+        if isinstance(item, QuarantinedRow):
+            result.quarantined.append(item)
+            continue
+        try:
+            result.samples.append(convert(item.value))
+        except (RowError, ValidationError) as err:
+            row_id = item.value.get("id")
+            result.quarantined.append(QuarantinedRow(
+                source_file=str(path), line=item.line, sample_id=row_id if isinstance(row_id, str) else None,
+                stage=stage, reason=validation_reason(err) if isinstance(err, ValidationError) else str(err),
+                raw=item.value,
+            ))
     return result
 
 
+def read_jsonl(path: str | Path, stage: str = "read") -> ReadResult:
+    """tuneloop JSONL: one Sample per line. BOM, CRLF and blank lines are tolerated; everything else is quarantined."""
+    return collect(path, iter_rows(path, stage, container="jsonl"), Sample.model_validate, stage)
+
+
+def detect_shape(row: dict[str, Any], columns: Columns = Columns()) -> str:
+    """alpaca | sharegpt | openai, from the keys of a row (and the message keys of a conversation)."""
+    for key in (columns.messages, "messages", "conversations"):
+        messages = structured(row.get(key))
+        if isinstance(messages, list):
+            first = messages[0] if messages and isinstance(messages[0], dict) else {}
+            if "role" in first and key == "messages":
+                return "openai"
+            return "sharegpt"
+    return "alpaca"
+
+
+def row_to_sample(row: dict[str, Any], shape: str, columns: Columns = Columns(), tags: Tags = Tags(),
+                  ranking: bool | None = None, source: str | None = None) -> Sample:
+    """One row of a known shape as a Sample; raises RowError with the quarantine reason."""
+    if shape == "openai":
+        return openai_to_sample(row, source=source)
+    if shape == "sharegpt":
+        if "conversations" not in row and columns.messages == "conversations" and "messages" in row:
+            columns = replace(columns, messages="messages")
+        return sharegpt_to_sample(row, columns, tags, ranking=ranking, source=source)
+    return alpaca_to_sample(row, columns, ranking=ranking, source=source)
+
+
+def read_file(path: str | Path, format: str = "auto", columns: Columns = Columns(), tags: Tags = Tags(),
+              ranking: bool | None = None, source: str | None = None, stage: str = "import") -> ReadResult:
+    """Samples from a data file of any supported format; bad rows are quarantined with file, line and reason.
+
+    `format` is auto | alpaca | sharegpt | openai | csv | parquet: a row shape (the file kind then comes from the
+    name and first byte) or a file kind (the row shape then comes from the first row's keys).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown format '{format}'; use one of {', '.join(FORMATS)}")
+    shape = format if format in SHAPES else None
+
+    def convert(row: dict[str, Any]) -> Sample:
+        nonlocal shape
+        shape = shape or detect_shape(row, columns)
+        return row_to_sample(row, shape, columns, tags, ranking, source)
+
+    container = format if format in ("csv", "parquet") else None
+    return collect(path, iter_rows(path, stage, container=container), convert, stage)
+
+
 def read_samples(path: str | Path, stage: str = "read") -> ReadResult:
-    """Samples from a tuneloop JSONL file (other formats come in through `tuneloop data import`)."""
-    return read_jsonl(path, stage=stage)
+    """Samples from a tuneloop JSONL file, or from any format `read_file` knows (detected from name and rows)."""
+    path = Path(path)
+    container = container_of(path)
+    if container == "jsonl" and _first_row_shape(path) == "alpaca":
+        return read_jsonl(path, stage=stage)
+    return read_file(path, "auto", stage=stage)
+
+
+def _first_row_shape(path: Path) -> str:
+    for item in iter_rows(path, "read", container="jsonl"):
+        if not isinstance(item, QuarantinedRow):
+            return detect_shape(item.value)
+    return "alpaca"
 
 
 def load_samples(path: str | Path) -> list[Sample]:
@@ -103,6 +152,22 @@ def write_samples(path: str | Path, samples: Iterable[Sample]) -> Path:
         for sample in samples:
             handle.write(json.dumps(sample_to_dict(sample), ensure_ascii=False) + "\n")
     return Path(path)
+
+
+def samples_to_rows(samples: Iterable[Sample], shape: str, carry: bool = True) -> list[dict[str, Any]]:
+    """Rows of a format's shape; `carry` adds the tuneloop column that makes the export import back without loss."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown row shape '{shape}'; use one of {', '.join(SHAPES)}")
+    if shape == "openai":
+        return [sample_to_openai(s, carry=carry) for s in samples]
+    if shape == "sharegpt":
+        return [sample_to_sharegpt(s, carry=carry) for s in samples]
+    return [sample_to_alpaca(s, carry=carry) for s in samples]
+
+
+def write_file(path: str | Path, samples: Iterable[Sample], shape: str = "alpaca", carry: bool = True) -> Path:
+    """Samples as a file of one format's rows; the file kind (jsonl, json, csv, parquet) comes from the name."""
+    return write_rows(path, samples_to_rows(samples, shape, carry))
 
 
 def write_quarantine(path: str | Path, rows: Iterable[QuarantinedRow]) -> Path:

@@ -1,0 +1,163 @@
+"""Every format reads and writes back the same samples; bad rows are quarantined with file, line and reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuneloop.data.formats import read_file, read_samples, write_file, write_samples
+from tuneloop.data.shapes import Columns, Tags
+from tuneloop.records import Sample
+
+TOOL_CHAT = Sample(
+    system="You call tools.",
+    history=[["Weather in Oslo?", '{"name": "weather", "arguments": {"city": "Oslo"}}'],
+             ['{"temp_c": 3}', "It is 3 °C in Oslo."]],
+    instruction="And in Köln?",
+    output='{"name": "weather", "arguments": {"city": "Köln"}}',
+    turn_roles=["user", "function_call", "observation", "assistant", "user", "function_call"],
+    tools='[{"name": "weather", "description": "Current weather", "parameters": {"type": "object"}}]',
+)
+
+
+def samples() -> list[Sample]:
+    return [
+        Sample(instruction="Extract the city", input="I live in Lyon", output={"city": "Lyon"},
+               meta={"annotator": "ana", "domain": "travel"}, sample_type="boundary"),
+        Sample(instruction="提取城市", input="我住在北京", output='{"城市": "北京"}', system="只输出 JSON",
+               history=[["你好", "你好！"]]),
+        Sample(instruction="Which answer is better?", output="The precise one", rejected="The vague one"),
+        Sample(instruction="Say hi", output="hi", kto_tag=False),
+        TOOL_CHAT,
+    ]
+
+
+@pytest.mark.parametrize("shape", ["alpaca", "sharegpt", "openai"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_every_shape_and_file_kind_round_trips_to_equal_samples(tmp_path, shape, suffix):
+    originals = samples()
+    path = write_file(tmp_path / f"data{suffix}", originals, shape)
+    result = read_file(path)
+    assert result.quarantined == []
+    assert [s.model_dump() for s in result.samples] == [s.model_dump() for s in originals]
+
+
+def test_sharegpt_rows_keep_tool_roles_and_preference_answers_as_messages(tmp_path):
+    path = write_file(tmp_path / "chat.json", samples(), "sharegpt", carry=False)
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    assert [m["from"] for m in rows[4]["conversations"]] == [
+        "human", "function_call", "observation", "gpt", "human", "function_call"]
+    assert rows[2]["chosen"] == {"from": "gpt", "value": "The precise one"}
+    assert rows[2]["rejected"] == {"from": "gpt", "value": "The vague one"}
+    assert [m["value"] for m in rows[2]["conversations"]] == ["Which answer is better?"]
+    back = read_file(path).samples[4]
+    assert back.extras["turn_roles"] == TOOL_CHAT.extras["turn_roles"] and back.output == TOOL_CHAT.output
+
+
+def test_openai_rows_carry_tool_calls_and_tool_results(tmp_path):
+    path = write_file(tmp_path / "chat.jsonl", [TOOL_CHAT], "openai", carry=False)
+    row = json.loads(path.read_text(encoding="utf-8"))
+    roles = [m["role"] for m in row["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "user", "assistant"]
+    call = row["messages"][2]["tool_calls"][0]
+    assert call["function"] == {"name": "weather", "arguments": '{"city": "Oslo"}'}
+    assert row["messages"][3]["tool_call_id"] == call["id"]
+    assert row["tools"][0]["type"] == "function" and row["tools"][0]["function"]["name"] == "weather"
+    assert read_file(path).samples[0].model_dump() == TOOL_CHAT.model_dump()
+
+
+def test_column_mapping_reads_other_column_names(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer,note\nWhat is 2+2?,4,easy\n", encoding="utf-8")
+    columns = Columns().with_mapping({"instruction": "question", "output": "answer"})
+    sample = read_file(path, "csv", columns).samples[0]
+    assert (sample.instruction, sample.output, sample.extras["note"]) == ("What is 2+2?", "4", "easy")
+    assert sample.meta.source is None
+
+
+def test_sharegpt_tags_read_role_and_content_keys(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"dialog": [{"speaker": "sys", "text": "Be brief"}, {"speaker": "me", "text": "hi"},
+                                           {"speaker": "bot", "text": "hello"}]}) + "\n", encoding="utf-8")
+    tags = Tags(role_tag="speaker", content_tag="text", user_tag="me", assistant_tag="bot", system_tag="sys")
+    result = read_file(path, "sharegpt", Columns(messages="dialog"), tags, source="chat")
+    sample = result.samples[0]
+    assert (sample.system, sample.instruction, sample.output, sample.meta.source) == ("Be brief", "hi", "hello", "chat")
+
+
+@pytest.mark.parametrize(("row", "reason"), [
+    ({"instruction": {"text": "q"}, "output": "a"}, "field 'instruction' must be text, got object"),
+    ({"instruction": 12, "output": "a"}, "field 'instruction' must be text, got number"),
+    ({"instruction": "q"}, "missing field 'output'"),
+    ({"output": "a"}, "missing field 'instruction'"),
+    ({"instruction": "q", "output": "a", "history": "earlier"}, "field 'history' must be a list"),
+    ({"instruction": "q", "output": "a", "kto_tag": "maybe"}, "kto_tag) must be true or false"),
+])
+def test_wrong_alpaca_rows_are_quarantined_with_a_reason(tmp_path, row, reason):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"instruction": "fine", "output": "ok"}) + "\n" + json.dumps(row) + "\n", encoding="utf-8")
+    result = read_file(path)
+    assert len(result.samples) == 1
+    [bad] = result.quarantined
+    assert (bad.source_file, bad.line, bad.raw) == (str(path), 2, row)
+    assert reason in bad.reason
+
+
+@pytest.mark.parametrize(("row", "reason"), [
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "again"}]},
+     "the answer has role 'user' where assistant or function_call was expected"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "again"}, {"from": "gpt", "value": "a"},
+                        {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]},
+     "turn 2 has role 'user' where assistant or function_call was expected"),
+    ({"conversations": [{"from": "alien", "value": "q"}, {"from": "gpt", "value": "a"}]}, "role 'alien'"),
+    ({"conversations": "hello"}, "missing field 'conversations' (a list of messages), got text"),
+    ({"conversations": [{"from": "human", "value": {"x": 1}}, {"from": "gpt", "value": "a"}]}, "must be text, got object"),
+])
+def test_broken_conversations_are_quarantined_with_a_reason(tmp_path, row, reason):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    [bad] = read_file(path, "sharegpt").quarantined
+    assert reason in bad.reason and bad.line == 1
+
+
+def test_a_json_array_broken_midway_keeps_earlier_rows_and_quarantines_the_rest(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('[\n{"instruction": "a", "output": "1"},\n{"instruction": "b", "output": "2"},\n{"instruction": "c",,\n'
+                    '{"instruction": "d", "output": "4"}\n]\n', encoding="utf-8")
+    result = read_file(path)
+    assert [s.instruction for s in result.samples] == ["a", "b"]
+    [bad] = result.quarantined
+    assert bad.line == 4 and "breaks at line 4" in bad.reason
+
+
+def test_csv_records_with_bad_bytes_or_wrong_field_counts_are_quarantined_by_line(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes(b'\xef\xbb\xbfinstruction,output\r\n"multi\r\nline",ok\r\nbad \xff byte,x\r\ntoo,many,fields\r\nq,a\r\n')
+    result = read_file(path)
+    assert [s.instruction for s in result.samples] == ["multi\r\nline", "q"]
+    assert [(q.line, q.reason.split(";")[0]) for q in result.quarantined] == [
+        (4, "invalid UTF-8 in this record"), (5, "3 fields where the header has 2")]
+
+
+def test_read_samples_detects_the_format_of_foreign_files(tmp_path):
+    path = write_file(tmp_path / "chat.parquet", samples(), "openai")
+    assert len(read_samples(path).samples) == 5
+    jsonl = write_samples(tmp_path / "own.jsonl", samples())
+    assert [s.id for s in read_samples(jsonl).samples] == [s.id for s in samples()]
+
+
+def test_a_hub_data_set_records_license_and_fields_in_each_rows_source(monkeypatch):
+    import datasets
+
+    from tuneloop.data import hub
+
+    rows = [{"question": "2+2?", "answer": "4"}, {"question": "no answer", "answer": None}]
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)  # the loader itself runs for real on a local data set
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(
+        rows, info=datasets.DatasetInfo(license="mit")))
+    result = hub.read_hub("someone/qa", columns=Columns().with_mapping({"instruction": "question", "output": "answer"}))
+    [sample] = result.samples
+    assert sample.meta.source == "hf:someone/qa/train (license: mit; fields: question, answer)"
+    assert sample.meta.license == "mit" and sample.output == "4"
+    assert [(q.source_file, q.line) for q in result.quarantined] == [("hf:someone/qa", 2)]

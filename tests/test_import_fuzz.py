@@ -1,0 +1,75 @@
+"""A 10,000-row file of good and bad rows imports through the CLI: nothing crashes, nothing is silently dropped."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from typer.testing import CliRunner
+
+import tuneloop.cli.data_io  # noqa: F401  (registers the data commands)
+from tuneloop.cli.apps import data_app
+
+ROWS = 10_000
+
+
+def good(i: int) -> bytes:
+    return json.dumps({"instruction": f"Extract the order {i}", "input": f"订单 {i} 已发货",
+                       "output": {"order": i, "status": "已发货"}}, ensure_ascii=False).encode()
+
+
+# kind → (how to make the line, accepted?, words the quarantine reason must hold)
+KINDS = {
+    "good": (good, True, ""),
+    "crlf": (lambda i: good(i) + b"\r", True, ""),
+    "bom": (lambda i: b"\xef\xbb\xbf" + good(i), True, ""),
+    "broken_json": (lambda i: good(i)[:-2], False, "not valid JSON"),
+    "invalid_utf8": (lambda i: good(i).replace("订单".encode(), b"\xff\xfe"), False, "invalid UTF-8"),
+    "wrong_type": (lambda i: json.dumps({"instruction": i, "output": "x"}).encode(), False, "must be text, got number"),
+    "object_for_text": (lambda i: json.dumps({"instruction": {"q": i}, "output": "x"}).encode(), False,
+                        "must be text, got object"),
+    "missing_output": (lambda i: json.dumps({"instruction": f"q{i}"}).encode(), False, "missing field 'output'"),
+    "missing_prompt": (lambda i: json.dumps({"output": f"a{i}"}).encode(), False, "missing field 'instruction'"),
+    "not_an_object": (lambda i: json.dumps([i, "x"]).encode(), False, "expected a JSON object"),
+    "bad_history": (lambda i: json.dumps({"instruction": "q", "output": "a", "history": [["only one"]]}).encode(),
+                    False, "history"),
+}
+
+
+def test_every_row_is_either_accepted_or_quarantined_with_file_line_and_reason(tmp_path):
+    rng = random.Random(7)
+    names = list(KINDS)
+    kinds = [rng.choice(names) if rng.random() < 0.4 else "good" for _ in range(ROWS)]
+    source = tmp_path / "mixed.jsonl"
+    source.write_bytes(b"\n".join(KINDS[kind][0](i) for i, kind in enumerate(kinds)) + b"\n")
+    out = tmp_path / "clean.jsonl"
+
+    result = CliRunner().invoke(data_app, ["import", str(source), "--out", str(out)])
+
+    assert result.exit_code == 0, result.output
+    accepted = out.read_text(encoding="utf-8").splitlines()
+    quarantined = [json.loads(line) for line in (tmp_path / "clean.quarantine.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(accepted) + len(quarantined) == ROWS
+    expected_bad = {line: kind for line, kind in enumerate(kinds, start=1) if not KINDS[kind][1]}
+    assert {row["line"] for row in quarantined} == set(expected_bad)
+    assert len(accepted) == ROWS - len(expected_bad)
+    for row in quarantined:
+        assert row["source_file"] == str(source)
+        assert KINDS[expected_bad[row["line"]]][2] in row["reason"], (row["line"], row["reason"])
+    summary = "".join(result.output.split())
+    assert f"{ROWS}rows→{len(accepted)}accepted" in summary and f"{len(quarantined)}quarantined" in summary
+    assert json.loads(accepted[0])["output"].startswith('{"order": ')  # JSON answers became text, not escaped
+    assert "已发货" in accepted[0]
+
+
+def test_a_hub_id_offline_says_it_needs_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(data_app, ["import", "someone/some-data", "--out", str(tmp_path / "x.jsonl")])
+    assert result.exit_code == 2
+    assert "loadingitneedsnetwork" in "".join(result.output.split())
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_a_missing_source_is_named(tmp_path):
+    result = CliRunner().invoke(data_app, ["import", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x.jsonl")])
+    assert result.exit_code == 2 and "nope.jsonl:nosuchfileorfolder" in "".join(result.output.split())
