@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic_core
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -70,6 +71,8 @@ class LeakageConfig(Section):
     char_ngram: int = Field(10, description="Character n-gram (8-13) for Chinese overlap.")
     word_ngram: int = Field(13, description="Word n-gram for English overlap.")
     allow: bool = Field(False, description="Report leaks without failing the gate (not recommended).")
+    common_share: float = Field(0.01, description="N-grams in more than this share of rows are template text, not leaks.")
+    common_min_rows: int = Field(10, description="...and in more than this many rows (so small sets keep their checks).")
 
 
 class PIIConfig(Section):
@@ -91,6 +94,8 @@ class DataConfig(Section):
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Near-duplicate settings.")
     leakage: LeakageConfig = Field(default_factory=LeakageConfig, description="Train/test overlap settings.")
     pii: PIIConfig = Field(default_factory=PIIConfig, description="PII redaction settings.")
+    mix_resample: bool = Field(True, description="Down-sample over-represented sample types toward data.mix.")
+    mix_max_drop: float = Field(0.3, ge=0, le=1, description="At most this share of train is dropped to reach the mix.")
     max_rejected_share: float = Field(0.2, description="The check fails when more than this share is quarantined.")
     max_tokens: int | None = Field(None, description="Rows longer than this many tokens are flagged (None: train.max_length).")
 
@@ -150,6 +155,30 @@ class ServeConfig(Section):
     api_key_env: str | None = Field(None, description="Environment variable holding a required API key.")
 
 
+class LLMConfig(Section):
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (None: env TUNELOOP_LLM_BASE_URL).")
+    model: str | None = Field(None, description="Model name at the endpoint (None: env TUNELOOP_LLM_MODEL).")
+    api_key_env: str = Field("TUNELOOP_LLM_API_KEY", description="Environment variable holding the API key.")
+    concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(4, ge=0, description="Retries with exponential backoff on timeouts, 429 and 5xx.")
+    cache: str = Field(".tuneloop/llm-cache.sqlite", description="SQLite request cache; a repeated request never pays twice.")
+    temperature: float = Field(0.8, description="Sampling temperature of paraphrase requests.")
+
+
+class AugmentConfig(Section):
+    per_seed: int = Field(3, ge=1, le=8, description="Clone variants made per seed (3-8).")
+    rules: list[str] = Field(
+        default_factory=lambda: ["typo", "whitespace", "punctuation_width", "irrelevant_sentence", "entity_swap", "length", "tone"],
+        description="Offline rules to draw from.",
+    )
+    pools: str | dict[str, list[str]] | None = Field(
+        None, description="Entity pools by answer field (inline or a JSON file) for entity replacement."
+    )
+    spot_check: int = Field(20, description="Variants sampled into the spot-check file for a human.")
+    seed: int = Field(0, description="Seed of rule choice and spot-check sampling.")
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="Endpoint for LLM paraphrase (--llm).")
+
+
 class ProjectConfig(Section):
     task: TaskConfig = Field(default_factory=TaskConfig, description="What the model must do.")
     model: str = Field("default", description="HF model id, local directory, or 'default' (embedded SmolLM2).")
@@ -157,6 +186,7 @@ class ProjectConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving settings.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Clone augmentation of seeds.")
 
 
 class ProjectError(ValueError):
@@ -266,7 +296,8 @@ def dump_config(config: ProjectConfig) -> str:
                 emit(value, indent + 1)
             else:
                 # JSON is valid YAML flow style and keeps each value on one line
-                lines.append(f"{pad}{key}: {json.dumps(value, ensure_ascii=False)}")
+                plain = pydantic_core.to_jsonable_python(value, by_alias=True)  # lists of sections, e.g. data.sources
+                lines.append(f"{pad}{key}: {json.dumps(plain, ensure_ascii=False)}")
 
     emit(config, 0)
     return "\n".join(lines) + "\n"

@@ -84,9 +84,9 @@ def typo(ctx: RuleContext, rng: Random) -> Edit | None:
     target = rng.choice(words)
     i = rng.randrange(1, len(target) - 2)
     kind = rng.choice(("swap", "drop", "double"))
-    if kind == "swap":
+    if kind == "swap" and target[i] != target[i + 1]:
         wrong = target[:i] + target[i + 1] + target[i] + target[i + 2:]
-    elif kind == "drop":
+    elif kind in ("drop", "swap"):  # swapping two equal letters changes nothing: drop one
         wrong = target[:i] + target[i + 1:]
     else:
         wrong = target[:i] + target[i] + target[i:]
@@ -109,21 +109,29 @@ def whitespace(ctx: RuleContext, rng: Random) -> Edit | None:
         return Edit(rng.choice(("  ", " ", "\n")) + ctx.text + rng.choice(("  ", "\n", " \n")))
     if style == "double" and " " in ctx.text:
         return edit_free_text(ctx, lambda piece: piece.replace(" ", "  "))
-    return edit_free_text(ctx, lambda piece: re.sub(r"([,.!?，。！？：:])", r"\1 ", piece))
+    return edit_free_text(ctx, lambda piece: re.sub(r"([,.!?，。！？：:])(?!\d)", r"\1 ", piece))
 
 
 HALF_TO_FULL = {chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)}
 FULL_TO_HALF = {v: k for k, v in HALF_TO_FULL.items()} | {"，": ",", "。": ".", "、": ","}
 ZH_PUNCT = {",": "，", ".": "。", "!": "！", "?": "？", ":": "：", ";": "；", "(": "（", ")": "）"}
+ZH_TABLES = (FULL_TO_HALF, ZH_PUNCT, {c: HALF_TO_FULL[c] for c in "!?,:;()0123456789"}, {"？": "??", "！": "!!", "。": "..."})
+EN_TABLES = ({c: HALF_TO_FULL[c] for c in ",.!?:;()"}, {"!": "!!", "?": "??", ".": "...", ",": " ,"})
 
 
 def punctuation_width(ctx: RuleContext, rng: Random) -> Edit | None:
     """Full-width ↔ half-width characters and Chinese ↔ Latin punctuation, outside the protected spans."""
-    if ctx.lang == "zh":
-        table = rng.choice((FULL_TO_HALF, ZH_PUNCT, {c: HALF_TO_FULL[c] for c in "!?,:;()0123456789"}))
-    else:
-        table = rng.choice(({c: HALF_TO_FULL[c] for c in ",.!?:;"}, {"!": "!!", "?": "??", ".": "...", ",": " ,"}))
-    return edit_free_text(ctx, lambda piece: "".join(table.get(ch, ch) for ch in piece))
+    tables = ZH_TABLES if ctx.lang == "zh" else EN_TABLES
+    edits = [e for e in (edit_free_text(ctx, lambda piece, t=t: swap_chars(piece, t)) for t in tables) if e is not None]
+    return rng.choice(edits) if edits else None
+
+
+def swap_chars(text: str, table: Mapping[str, str]) -> str:
+    """Characters swapped by `table`, except a separator inside a number (the "." of 35.50 stays)."""
+    return "".join(
+        ch if 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit() else table.get(ch, ch)
+        for i, ch in enumerate(text)
+    )
 
 
 IRRELEVANT = {

@@ -1,0 +1,84 @@
+"""LLM clone variants: paraphrases and scenario rewrites of a seed's input that state exactly the same facts.
+
+One request per seed and kind asks for N rewrites as a JSON array of strings; the facts the answer depends on are
+listed in the prompt and must be kept verbatim. What comes back is only a candidate input: the answer is the
+seed's, and `contract.contract_violations` rejects a rewrite that lost or altered a fact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tuneloop.llm_client import LLMClient, LLMError
+from tuneloop.records import Sample
+
+KINDS = ("paraphrase", "scenario")
+
+SYSTEM = (
+    "You write training data variants. You rewrite a user's message without changing what it asks or states. "
+    "Answer with a JSON array of strings and nothing else."
+)
+
+ASK = {
+    "paraphrase": "Paraphrase the message below in {n} different ways: other words and sentence order, same meaning.",
+    "scenario": "Rewrite the message below as {n} messages from different situations (channel, mood, context) "
+    "that ask exactly the same thing and state exactly the same facts.",
+}
+
+
+def variant_prompt(sample: Sample, kind: str, n: int, keep: Sequence[str]) -> list[dict[str, str]]:
+    """The chat request for `n` rewrites of `sample.input`; `keep` are the spans that must appear verbatim."""
+    lines = [ASK[kind].format(n=n), "Write in the same language as the message. Do not add or drop any fact."]
+    if keep:
+        lines.append("Keep these exactly as written: " + "; ".join(json.dumps(k, ensure_ascii=False) for k in keep) + ".")
+    lines.append(f"Message:\n{sample.input}")
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
+
+
+def parse_rewrites(text: str) -> list[str]:
+    """The strings of a JSON array answer (code fences tolerated); ValueError says what came back instead."""
+    cleaned = FENCE.sub("", text.strip())
+    start, end = cleaned.find("["), cleaned.rfind("]")
+    try:
+        value = json.loads(cleaned[start:end + 1]) if start >= 0 and end > start else None
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"the LLM answer is not a JSON array of strings: {text[:120]!r}")
+    return [v.strip() for v in value if v.strip()]
+
+
+@dataclass
+class Rewrites:
+    """What the endpoint gave for one seed: candidate inputs per kind, and errors (request failed, bad answer)."""
+
+    seed_id: str
+    texts: list[tuple[str, str]]  # (kind, rewritten input)
+    errors: list[str]
+
+
+def request_rewrites(
+    client: LLMClient, seeds: Sequence[Sample], keep: Sequence[Sequence[str]], n: int,
+    kinds: Sequence[str] = KINDS, temperature: float = 0.8,
+) -> list[Rewrites]:
+    """Rewrites for every seed (one request per seed and kind, run with the client's bounded concurrency)."""
+    jobs = [(i, kind) for i in range(len(seeds)) for kind in kinds]
+    answers = client.complete_many(
+        [variant_prompt(seeds[i], kind, n, keep[i]) for i, kind in jobs], temperature=temperature
+    )
+    results = [Rewrites(seed.id, [], []) for seed in seeds]
+    for (i, kind), answer in zip(jobs, answers):
+        if isinstance(answer, LLMError):
+            results[i].errors.append(f"llm:{kind}: {answer}")
+            continue
+        try:
+            results[i].texts.extend((kind, text) for text in parse_rewrites(answer))
+        except ValueError as err:
+            results[i].errors.append(f"llm:{kind}: {err}")
+    return results
