@@ -68,11 +68,12 @@ class DedupConfig(Section):
 
 
 class LeakageConfig(Section):
-    char_ngram: int = Field(10, description="Character n-gram (8-13) for Chinese overlap.")
+    char_ngram: int = Field(13, description="Character n-gram (8-13) for Chinese overlap; 13 passes stock phrases.")
     word_ngram: int = Field(13, description="Word n-gram for English overlap.")
     allow: bool = Field(False, description="Report leaks without failing the gate (not recommended).")
     common_share: float = Field(0.01, description="N-grams in more than this share of rows are template text, not leaks.")
     common_min_rows: int = Field(10, description="...and in more than this many rows (so small sets keep their checks).")
+    min_overlap: float = Field(0.2, ge=0, le=1, description="An n-gram hit needs this share of one row's n-grams in the other (0: any).")
 
 
 class PIIConfig(Section):
@@ -145,7 +146,7 @@ class EvalConfig(Section):
     seed: int = Field(0, description="Seed of generation (greedy decoding is deterministic regardless).")
     concurrency: int = Field(8, description="Requests in flight at once against an endpoint.")
     gate: EvalGate = Field(default_factory=EvalGate, description="What a candidate must reach to pass.")
-    judge: dict[str, Any] | None = Field(None, description="LLM judge endpoint: {base_url, model, api_key_env}.")
+    judge: dict[str, Any] | None = Field(None, description="LLM judge endpoint: {base_url, model, api_key_env, concurrency, criteria}.")
 
 
 class ServeConfig(Section):

@@ -1,1 +1,167 @@
-"""Commands of this group register on the apps in `tuneloop.cli.apps`."""
+"""`tuneloop serve`, `tuneloop export merge`, `tuneloop canary status`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from tuneloop.cli.apps import app, canary_app, export_app
+from tuneloop.cli.common import UserError, console, find_project, friendly_errors
+
+
+def _project_defaults():
+    project = find_project(required=False)
+    return project, (project.config.serve if project else None)
+
+
+def _store_path(traces: Path | None) -> Path:
+    if traces is not None:
+        return traces
+    project = find_project(required=False)
+    return project.traces_db if project else Path("traces.db")
+
+
+@app.command("serve")
+@friendly_errors
+def serve(
+    model: str = typer.Option(None, "--model", "-m", help="Model folder (an export), hub id or 'default'."),
+    backend: str = typer.Option(None, "--backend", help="embedded | vllm (default: tuneloop.yaml serve.backend)."),
+    host: str = typer.Option(None, "--host", help="Interface; loopback unless you mean to expose it."),
+    port: int = typer.Option(None, "--port", help="Port (default: tuneloop.yaml serve.port, else 8000)."),
+    traces: Path = typer.Option(None, "--traces", help="Trace store (default: the project's traces.db)."),
+    name: str = typer.Option(None, "--name", help="Served model name (default: the folder name)."),
+    stable: str = typer.Option(None, "--stable", help="Canary: the stable backend (URL …/v1 or model folder)."),
+    canary: str = typer.Option(None, "--canary", help="Canary: the new backend (URL …/v1 or model folder)."),
+    weight: float = typer.Option(0.1, "--weight", min=0.0, max=1.0, help="Canary: share of users sent to it."),
+    max_model_len: int = typer.Option(4096, "--max-model-len", help="vLLM: longest prompt + answer."),
+    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization", help="vLLM: share of GPU memory."),
+    tool_call_parser: str = typer.Option(None, "--tool-call-parser", help="vLLM: parser when the task uses tools (e.g. hermes)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="vLLM: allow the model's own code."),
+    vllm: str = typer.Option(None, "--vllm", help="vLLM: path of the vllm executable (its own environment)."),
+) -> None:
+    """Serve a model over an OpenAI-compatible API (embedded or vLLM), or run a canary between two backends.
+
+    Example: tuneloop serve --model exports/ticket-v2 --port 8000
+    """
+    project, config = _project_defaults()
+    host = host or (config.host if config else "127.0.0.1")
+    port = port or (config.port if config else 8000)
+    api_key = os.environ.get(config.api_key_env) if config and config.api_key_env else None
+    store = _store_path(traces)
+    if stable or canary:
+        if not (stable and canary):
+            raise UserError("a canary needs both --stable and --canary (a URL ending in /v1, or a model folder).")
+        return _serve_canary(stable, canary, weight, host, port, store, api_key)
+    model = model or (project.config.model if project else "default")
+    if (backend or (config.backend if config else "embedded")) == "vllm":
+        return _serve_vllm(model, name, host, port, max_model_len, gpu_memory_utilization, tool_call_parser,
+                           trust_remote_code, vllm, api_key)
+    import uvicorn
+
+    from tuneloop.serve.server import create_app
+
+    console.print(f"serving {model} on http://{host}:{port}/v1 (traces → {store})")
+    uvicorn.run(create_app(model, store, model_name=name, api_key=api_key), host=host, port=port, log_level="info")
+
+
+def _serve_vllm(model: str, name: str | None, host: str, port: int, max_model_len: int, memory: float,
+                tool_call_parser: str | None, trust_remote_code: bool, executable: str | None,
+                api_key: str | None) -> None:
+    from tuneloop.models import resolve_model
+    from tuneloop.serve.vllm import INSTALL_HINT, VLLMSettings, build_command, find_vllm, launch
+
+    folder = resolve_model(model)
+    settings = VLLMSettings(folder, name or Path(folder).name, host, port, max_model_len=max_model_len,
+                            gpu_memory_utilization=memory, trust_remote_code=trust_remote_code,
+                            tool_call_parser=tool_call_parser, api_key=api_key)
+    found = find_vllm(executable)
+    command = build_command(settings, found or "vllm")
+    console.print("vllm command:\n  " + " ".join(command), highlight=False, soft_wrap=True)
+    if found is None:
+        console.print(INSTALL_HINT, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    process = launch(settings, found)
+    console.print(f"vLLM serves {settings.served_name} on http://{host}:{port}/v1; structured-output smoke test passed.")
+    with contextlib.suppress(KeyboardInterrupt):
+        process.wait()
+
+
+def _serve_canary(stable: str, canary: str, weight: float, host: str, port: int, store: Path,
+                  api_key: str | None) -> None:
+    import uvicorn
+
+    from tuneloop.serve.canary import CanaryConfig, create_router
+    from tuneloop.serve.server import serve_in_background
+
+    with contextlib.ExitStack() as stack:
+        urls = []
+        for arm, target in (("stable", stable), ("canary", canary)):
+            if target.startswith(("http://", "https://")):
+                urls.append(target.rstrip("/"))
+            else:  # a model folder: its own embedded server; the router keeps the arm-tagged traces
+                arm_store = store.with_name(f"{store.stem}-{arm}{store.suffix}")
+                urls.append(stack.enter_context(serve_in_background(target, arm_store, model_name=arm)))
+        router = create_router(CanaryConfig(urls[0], urls[1], weight=weight, api_key=api_key), str(store))
+        console.print(f"canary router on http://{host}:{port}/v1: stable {urls[0]}, canary {urls[1]} at {weight:.0%}")
+        uvicorn.run(router, host=host, port=port, log_level="info")
+
+
+@export_app.command("merge")
+@friendly_errors
+def export_merge(
+    run: Path = typer.Option(..., "--run", help="Run folder with run.json and adapter/ (runs/<run-id>)."),
+    out: Path = typer.Option(..., "--out", help="Export folder to write (replaced only when the gate passes)."),
+    shard_size: str = typer.Option("5", "--shard-size", help="Shard size in GB (5) or with a unit (500MB)."),
+    check_prompts: int = typer.Option(8, "--check-prompts", help="Prompts the reload gate compares."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (max logit diff < 1e-4) or bfloat16 (same greedy)."),
+) -> None:
+    """Merge a LoRA run into its base, write shards + tokenizer + template + manifest, and verify the result.
+
+    Example: tuneloop export merge --run runs/20250101-ab12 --out exports/ticket-v2 --shard-size 5
+    """
+    from tuneloop.export.merge import merge_run
+
+    report = merge_run(run, out, shard_size=shard_size, check_prompts=check_prompts, dtype=dtype)
+    parity = report.parity
+    console.print(f"[green]merged[/] {run} → {out}: max logit diff {report.max_logit_diff:.2e}, greedy identical "
+                  f"{report.greedy_identical} on {report.prompts_checked} prompts; template parity "
+                  f"{parity['checked']} samples {'pass' if parity['passed'] else 'FAIL'}; {len(report.files)} files "
+                  "hashed in manifest.json")
+
+
+@canary_app.command("status")
+@friendly_errors
+def canary_status_command(
+    traces: Path = typer.Option(None, "--traces", help="Trace store the router writes (default: project traces.db)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
+) -> None:
+    """Show both arms of the running (or last) canary and the gate's decision.
+
+    Example: tuneloop canary status --traces traces.db
+    """
+    from rich.table import Table
+
+    from tuneloop.serve.canary import canary_status, describe
+
+    store = _store_path(traces)
+    if not store.exists():
+        raise UserError(f"{store}: no trace store; start a canary with `tuneloop serve --stable A --canary B`.")
+    state = canary_status(str(store))
+    if not state or "arms" not in state:
+        raise UserError(f"{store}: no canary has run on this trace store; start one with `tuneloop serve --stable A --canary B`.")
+    if as_json:
+        console.print_json(json.dumps(state))
+        return
+    rows = describe(state)
+    table = Table(title=f"canary at {state['weight']:.0%}: {state['decision'].upper()}")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(table)
+    console.print(f"SPRT log LR {state['log_likelihood_ratio']} (rollback ≥ {state['rollback_at']}, promote ≤ "
+                  f"{state['promote_at']}); stable {state['stable_url']}, canary {state['canary_url']}", highlight=False)

@@ -4,9 +4,10 @@ Per answer (`score_answer`), each a plain value so results stay one JSON line:
 
 ```
 json_valid      the whole output is one JSON value (json.loads; surrounding whitespace allowed)
+json_found      a JSON object or array appears somewhere in the output
 schema_valid    json_valid and valid under the JSON Schema (None when there is no schema or the sample must refuse)
 exact_match     canonical JSON equality when the expected output is JSON, else stripped text equality
-noise           what wraps the JSON: "prefix" ("Here is the JSON:"), "code_fence" (```json), "suffix" (trailing text)
+noise           what wraps the JSON (clean = no noise; None when the output holds no JSON at all): "prefix" ("Here is the JSON:"), "code_fence" (```json), "suffix" (trailing text)
 fields          {dotted.path: [exact, normalized]} for every leaf of the expected JSON, read from the JSON found
                 in the output even when it is wrapped in noise, so noise and wrong fields are counted apart
 refused         the answer is a refusal (see `is_refusal`)
@@ -120,8 +121,13 @@ def normalize(value: Any) -> Any:
 
 
 def field_scores(expected: Any, actual: Any) -> dict[str, list[bool]]:
-    """[exact, normalized] per leaf of the expected JSON; a missing key equals an expected null."""
-    got = flatten(actual) if actual is not MISSING else {}
+    """[exact, normalized] per leaf of the expected JSON; a missing key equals an expected null.
+
+    With no JSON in the answer at all (`actual` is MISSING) every field is wrong, expected nulls too.
+    """
+    if actual is MISSING:
+        return {path: [False, False] for path in flatten(expected)}
+    got = flatten(actual)
     scores: dict[str, list[bool]] = {}
     for path, want in flatten(expected).items():
         have = got.get(path, MISSING)
@@ -139,7 +145,9 @@ def is_refusal(text: str, value: Any = MISSING) -> bool:
     """
     if isinstance(value, dict):
         return any(value.get(key) not in (None, False, "", 0) for key in REFUSAL_KEYS)
-    if value is not MISSING:
+    if isinstance(value, str):  # a bare JSON string is prose in quotes
+        text = value
+    elif value is not MISSING:
         return False
     lowered = text.casefold().replace("’", "'")
     return any(phrase in lowered for phrase in REFUSAL_PHRASES)
@@ -159,8 +167,9 @@ def score_answer(sample: Sample, raw: str, finish_reason: str | None, validator:
     refused = is_refusal(raw, found)
     scores: dict[str, Any] = {
         "json_valid": json_valid,
+        "json_found": found is not MISSING,
         "noise": noise,
-        "clean": not noise,
+        "clean": not noise if found is not MISSING else None,
         "refused": refused,
         "complete": finish_reason != "length",
         "truncated": finish_reason == "length",

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.checks import schema_validator
 from tuneloop.data.formats import read_samples, write_quarantine
 from tuneloop.eval.backends import EndpointBackend, Generation, LocalBackend, json_schema_format, schema_constraint
 from tuneloop.eval.metrics import score_answer, summarize
@@ -55,14 +56,20 @@ def slices(sample: Sample) -> dict[str, str]:
     return {key: str(value) if value is not None else "unset" for key, value in values.items()}
 
 
-def schema_validator(schema: dict[str, Any] | None) -> Any:
-    if schema is None:
-        return None
-    from jsonschema.validators import validator_for
+class SampleValidators:
+    """The task's schema validator, or a sample's own when its `output_schema` is an inline JSON Schema."""
 
-    cls = validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    def __init__(self, schema: dict[str, Any] | None):
+        self.task = schema_validator(schema)
+        self.inline: dict[str, Any] = {}
+
+    def of(self, sample: Sample) -> Any:
+        if not isinstance(sample.output_schema, dict):
+            return self.task
+        key = content_hash(sample.output_schema)
+        if key not in self.inline:
+            self.inline[key] = schema_validator(sample.output_schema)
+        return self.inline[key]
 
 
 def endpoint_backend(endpoint: str | dict[str, Any], settings: EvalConfig) -> EndpointBackend:
@@ -117,7 +124,7 @@ def run_eval(model: str, test_file: str | Path, out_dir: str | Path, schema: dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples, quarantined = load_test_set(test_file, out, settings.max_samples)
-    validator = schema_validator(schema)
+    validators = SampleValidators(schema)
     label = (endpoint if isinstance(endpoint, str) else (endpoint or {}).get("model")) if endpoint else str(model)
     started = time.time()
     with _bar(progress) as bar:
@@ -127,7 +134,7 @@ def run_eval(model: str, test_file: str | Path, out_dir: str | Path, schema: dic
             sample_id=sample.id, model=str(label), prompt_hash=prompt_hash, template_hash=template_hash,
             raw=generation.text, finish_reason=generation.finish_reason, prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens, latency_ms=round(generation.latency_ms, 2),
-            constrained=mode == "constrained", scores=score_answer(sample, generation.text, generation.finish_reason, validator),
+            constrained=mode == "constrained", scores=score_answer(sample, generation.text, generation.finish_reason, validators.of(sample)),
             mode=mode, slices=slices(sample), error=generation.error, sample=sample.model_dump(mode="json"),
         )
         for mode, sample, generation, prompt_hash, template_hash in rows

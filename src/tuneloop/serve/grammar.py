@@ -9,10 +9,11 @@ response_format            grammar (compiled once per schema, cached)
 
 A grammar alone does not make the answer parse: a model that keeps writing a string runs out of `max_tokens`
 mid-object. So every constrained row also knows its *closing length*: how many tokens the closing policy needs
-from the current state to a complete answer (measured on a fork of the matcher). The closing policy prefers
-tokens that close things (`"}`, `]`, `"`, then `,`), then the shortest allowed token. When the remaining budget
-gets near the closing length, the row checks each model token before taking it and takes the closing token
-instead whenever the model's choice would leave the answer unfinishable within the budget.
+from the current state to a complete answer (measured on a fork of the matcher). The closing policy tracks the
+JSON nesting of the text so far (open objects/arrays, inside a string or not) and takes the allowed token that
+closes the most (`"}` inside a string, `]}` outside), then `,` (on to the next required key), then the shortest
+token. When the remaining budget gets near the closing length, each model token is checked before it is taken,
+and the closing token is taken instead whenever the model's choice would leave the answer unfinishable.
 """
 
 from __future__ import annotations
@@ -69,22 +70,36 @@ class Grammars:
         for token_id in special - set(self.stop_token_ids):
             if token_id < vocab_size:
                 self.banned[token_id] = True
-        self.closing_rank = self._closing_rank(info.decoded_vocab)
+        self.decoded = info.decoded_vocab
+        self.closing_rank = self._closing_rank(self.decoded)
+        self.depth_deltas = self._depth_deltas(self.decoded)
 
     def _closing_rank(self, decoded: list[bytes]) -> torch.Tensor:
+        """Tie-break among tokens that close equally much: stop, closers, `,`, then longer tokens (forced keys)."""
         rank = torch.empty(self.vocab_size, dtype=torch.float32)
         for token_id in range(self.vocab_size):
             text = decoded[token_id] if token_id < len(decoded) else b""
             if text and set(text) <= CLOSERS:
-                rank[token_id] = 1000 + 2 * (text.count(b"}") + text.count(b"]")) + text.count(b'"')
+                rank[token_id] = 1000 + len(text)
             elif text == b",":
                 rank[token_id] = 500
             else:
-                rank[token_id] = 100 - min(len(text), 99) if text else -1
+                rank[token_id] = 100 + min(len(text), 99) if text else -1
         for token_id in self.stop_token_ids:
             rank[token_id] = 1e6
         rank[self.banned] = float("-inf")
         return rank
+
+    def _depth_deltas(self, decoded: list[bytes]) -> dict[tuple[bool, bool], torch.Tensor]:
+        """Change in nesting each token makes, from each lexical context (in string?, after a backslash?)."""
+        tables = {}
+        for context in ((False, False), (True, False), (True, True)):
+            delta = torch.zeros(self.vocab_size, dtype=torch.float32)
+            for token_id in range(min(self.vocab_size, len(decoded))):
+                before = Nesting(0, *context)
+                delta[token_id] = before.after(decoded[token_id]).depth - before.depth
+            tables[context] = delta
+        return tables
 
     def compile(self, response_format: dict[str, Any] | None) -> xgr.CompiledGrammar | None:
         key = grammar_key(response_format)
@@ -108,12 +123,44 @@ class Grammars:
         return ConstrainedRow(self, xgr.GrammarMatcher(compiled))
 
 
+class Nesting:
+    """How deep a JSON prefix is: open objects/arrays, inside a string, right after a backslash."""
+
+    __slots__ = ("containers", "in_string", "escaped")
+
+    def __init__(self, containers: int = 0, in_string: bool = False, escaped: bool = False):
+        self.containers, self.in_string, self.escaped = containers, in_string, escaped
+
+    @property
+    def depth(self) -> int:
+        return self.containers + self.in_string + self.escaped
+
+    def after(self, text: bytes) -> Nesting:
+        containers, in_string, escaped = self.containers, self.in_string, self.escaped
+        for char in text:
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif char == 0x5C:  # backslash
+                    escaped = True
+                elif char == 0x22:  # quote
+                    in_string = False
+            elif char == 0x22:
+                in_string = True
+            elif char in (0x7B, 0x5B):  # { [
+                containers += 1
+            elif char in (0x7D, 0x5D):  # } ]
+                containers -= 1
+        return Nesting(containers, in_string, escaped)
+
+
 class ConstrainedRow:
     """One request's grammar state during decoding."""
 
     def __init__(self, grammars: Grammars, matcher: xgr.GrammarMatcher):
         self.grammars = grammars
         self.matcher = matcher
+        self.nesting = Nesting()
         self.bitmask = xgr.allocate_token_bitmask(1, grammars.vocab_size)
         self._shifts = torch.arange(32, dtype=torch.int32)
 
@@ -133,27 +180,39 @@ class ConstrainedRow:
         xgr.apply_token_bitmask_inplace(logits.unsqueeze(0), self.bitmask, vocab_size=self.grammars.vocab_size)
         logits[self.grammars.banned[: logits.shape[-1]]] = float("-inf")
 
-    def closing_token(self, matcher: xgr.GrammarMatcher | None = None) -> int:
-        rank = torch.where(self.allowed(matcher), self.grammars.closing_rank, float("-inf"))
-        return int(torch.argmax(rank))
+    def closing_token(self, matcher: xgr.GrammarMatcher | None = None, nesting: Nesting | None = None) -> int:
+        """The allowed token that closes the most nesting (ties: stop, closers, comma, shortest)."""
+        nesting = nesting or self.nesting
+        delta = self.grammars.depth_deltas[(nesting.in_string, nesting.escaped)]
+        score = self.grammars.closing_rank - 10_000 * delta
+        return int(torch.argmax(torch.where(self.allowed(matcher), score, float("-inf"))))
 
     def closing_length(self, after: int | None = None, limit: int = 4096) -> int | None:
         """Tokens the closing policy needs to finish (after first taking `after`), or None past `limit`."""
-        probe = self.matcher.fork()
-        if after is not None and not probe.accept_token(after):
-            return None
+        probe, nesting = self.matcher.fork(), self.nesting
+        if after is not None:
+            if not probe.accept_token(after):
+                return None
+            nesting = nesting.after(self._text(after))
         steps = 0
         while not probe.is_terminated():
             if steps >= limit:
                 return None
-            if not probe.accept_token(self.closing_token(probe)):
+            token = self.closing_token(probe, nesting)
+            if not probe.accept_token(token):
                 return None
+            nesting = nesting.after(self._text(token))
             steps += 1
         return steps
 
     def accept(self, token_id: int) -> None:
         if not self.matcher.accept_token(token_id):
             raise RuntimeError(f"grammar rejected token {token_id} that its own mask allowed")
+        self.nesting = self.nesting.after(self._text(token_id))
+
+    def _text(self, token_id: int) -> bytes:
+        decoded = self.grammars.decoded
+        return decoded[token_id] if token_id < len(decoded) and token_id not in self.grammars.stop_token_ids else b""
 
 
 class Budget:
@@ -169,7 +228,7 @@ class Budget:
         """The token to take: the model's, unless it would make the answer unfinishable in the budget."""
         if self.remaining <= 0 or self.row.finished:
             return model_token
-        tight = self.closing is None or self.remaining <= 2 * self.closing + 32
+        tight = self.closing is None or self.remaining <= self.closing + 24
         if tight:
             after = self.row.closing_length(after=model_token, limit=self.remaining)
             if after is None or after > self.remaining - 1:

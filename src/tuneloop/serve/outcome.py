@@ -1,0 +1,44 @@
+"""What a served answer is worth for metrics: does it parse, does it match the schema, is it a refusal.
+
+The embedded server and the canary router judge answers the same way, so per-arm metrics compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+_REFUSAL = re.compile(
+    r"\b(i can(?:no|')t|i am unable|i'm unable|i won't|i will not|sorry, but|as an ai)\b|无法|不能提供|抱歉",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    json_valid: bool
+    schema_valid: bool | None
+    refusal: bool
+
+
+def judge_output(text: str, response_format: dict[str, Any] | None) -> Outcome:
+    """JSON validity of any answer; schema validity only when a json_schema was asked for.
+
+    >>> judge_output('{"a": 1}', {"type": "json_schema", "json_schema": {"schema": {"required": ["b"]}}})
+    Outcome(json_valid=True, schema_valid=False, refusal=False)
+    """
+    try:
+        value = json.loads(text)
+        json_valid = True
+    except (json.JSONDecodeError, TypeError):
+        value, json_valid = None, False
+    schema = (response_format or {}).get("json_schema", {}).get("schema") if response_format else None
+    schema_valid: bool | None = None
+    if isinstance(schema, dict):
+        schema_valid = json_valid and jsonschema.Draft202012Validator(schema).is_valid(value)
+    refusal = not json_valid and bool(_REFUSAL.search(text or ""))
+    return Outcome(json_valid, schema_valid, refusal)

@@ -1,0 +1,191 @@
+"""Metrics of one answer, on hand-made outputs covering each way an answer fails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from tuneloop.eval.bad_cases import failure_kinds
+from tuneloop.eval.metrics import MISSING, field_scores, find_json, flatten, is_refusal, score_answer, summarize
+from tuneloop.records import Sample
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"intent": {"type": "string"}, "order_id": {"type": "string"}, "urgency": {"type": ["string", "null"]},
+                   "customer": {"type": "object", "properties": {"name": {"type": "string"}}}},
+    "required": ["intent", "order_id"],
+    "additionalProperties": False,
+}
+VALIDATOR = Draft202012Validator(SCHEMA)
+EXPECTED = {"intent": "refund", "order_id": "A12345", "urgency": None, "customer": {"name": "Li Wei"}}
+
+
+def ticket(**fields) -> Sample:
+    return Sample(id=fields.pop("id", "t1"), instruction="Extract the ticket fields as JSON.",
+                  input="My order A12345 is broken, refund please. Li Wei", output=EXPECTED, **fields)
+
+
+def score(raw: str, finish_reason: str = "stop", **fields) -> dict:
+    return score_answer(ticket(**fields), raw, finish_reason, VALIDATOR)
+
+
+def test_a_perfect_answer_passes_every_metric():
+    s = score(json.dumps(EXPECTED))
+    assert s["json_valid"] and s["schema_valid"] and s["exact_match"] and s["clean"] and s["ok"]
+    assert s["field_exact"] == s["field_normalized"] == 1.0
+    assert not s["truncated"] and failure_kinds(s) == []
+
+
+def test_key_order_and_whitespace_do_not_break_exact_match():
+    s = score('{"customer": {"name": "Li Wei"}, "urgency": null,\n "order_id": "A12345", "intent": "refund"}')
+    assert s["exact_match"] and s["ok"]
+
+
+@pytest.mark.parametrize("raw, kinds", [
+    ('Here is the JSON:\n{"intent": "refund", "order_id": "A12345", "customer": {"name": "Li Wei"}}', ["prefix"]),
+    ('```json\n{"intent": "refund", "order_id": "A12345", "customer": {"name": "Li Wei"}}\n```', ["code_fence"]),
+    ('{"intent": "refund", "order_id": "A12345", "customer": {"name": "Li Wei"}}\nLet me know if you need more.', ["suffix"]),
+    ('Sure! ```json\n{"intent": "refund", "order_id": "A12345", "customer": {"name": "Li Wei"}}``` Done.',
+     ["prefix", "code_fence", "suffix"]),
+])
+def test_noise_around_the_json_is_named_and_fails_strict_parsing_but_not_the_fields(raw, kinds):
+    s = score(raw)
+    assert s["noise"] == kinds and not s["clean"]
+    assert not s["json_valid"] and s["schema_valid"] is False and not s["ok"]
+    assert s["field_normalized"] == 1.0  # the content is right; only the wrapping is wrong
+    assert any(k.startswith("noise:") for k in failure_kinds(s))
+
+
+def test_wrong_field_values_score_per_field_with_dotted_paths():
+    s = score('{"intent": "complaint", "order_id": "A12345", "customer": {"name": "Wang Fang"}}')
+    assert s["json_valid"] and s["schema_valid"] and not s["ok"]
+    assert s["fields"]["intent"] == [False, False]
+    assert s["fields"]["customer.name"] == [False, False]
+    assert s["fields"]["order_id"] == [True, True]
+    assert s["field_exact"] == pytest.approx(2 / 4)
+    assert "wrong fields: intent, customer.name" in failure_kinds(s)
+
+
+def test_normalized_accuracy_forgives_case_width_spacing_and_number_format_but_exact_does_not():
+    expected = {"intent": "refund", "amount": 59.9, "order_id": "A12345"}
+    got = {"intent": " Refund ", "amount": "59.90", "order_id": "Ａ12345"}  # full-width A
+    scores = field_scores(expected, got)
+    assert all(normalized for _exact, normalized in scores.values())
+    assert not any(exact for exact, _normalized in scores.values())
+
+
+def test_null_is_handled_missing_key_equals_null_but_no_json_at_all_scores_zero():
+    assert field_scores({"a": None, "b": 1}, {"b": 1}) == {"a": [True, True], "b": [True, True]}
+    assert field_scores({"a": None}, {"a": "null"}) == {"a": [False, True]}
+    assert field_scores({"a": None, "b": 1}, MISSING) == {"a": [False, False], "b": [False, False]}
+
+
+def test_an_answer_with_no_json_at_all_fails_everything_json():
+    s = score("The customer wants a refund for order A12345.")
+    assert not s["json_valid"] and not s["json_found"] and s["field_normalized"] == 0.0
+    assert s["clean"] is None  # noise applies only to answers that hold JSON
+    assert "no JSON in the answer" in failure_kinds(s)
+
+
+def test_schema_violations_are_reported_with_their_path():
+    s = score('{"intent": "refund", "order_id": 12345, "extra": true}')
+    assert s["json_valid"] and s["schema_valid"] is False and not s["ok"]
+    assert any("order_id" in e for e in s["schema_errors"])
+    assert any("extra" in e for e in s["schema_errors"])
+
+
+def test_truncation_is_a_failure_even_when_the_text_so_far_looks_fine():
+    s = score('{"intent": "refund", "order_id": "A1', finish_reason="length")
+    assert s["truncated"] and not s["complete"] and not s["ok"]
+    assert failure_kinds(s)[0] == "truncated"
+
+
+def test_refusal_consistency_on_boundary_samples():
+    must_refuse = dict(id="r1", expected="refuse", sample_type="boundary")
+    assert score('{"refusal": "I can only extract ticket fields."}', **must_refuse)["refusal_ok"] is True
+    assert score("抱歉，我无法处理这个请求。", **must_refuse)["refusal_ok"] is True
+    answered = score(json.dumps(EXPECTED), **must_refuse)
+    assert answered["refusal_ok"] is False and not answered["ok"]
+    assert "answered but should refuse" in failure_kinds(answered)
+    must_answer = dict(id="a1", expected="answer", sample_type="boundary")
+    refused = score("I'm sorry, I can't help with that.", **must_answer)
+    assert refused["refusal_ok"] is False and "refused but should answer" in failure_kinds(refused)
+    assert score(json.dumps(EXPECTED), **must_answer)["refusal_ok"] is True
+    assert "refusal_ok" not in score(json.dumps(EXPECTED))  # golden samples are not refusal-tested
+
+
+def test_json_answers_that_mention_refusal_words_are_answers():
+    assert not is_refusal('{"note": "customer says: I cannot log in"}', {"note": "customer says: I cannot log in"})
+    assert is_refusal('{"refused": true}', {"refused": True})
+
+
+def test_find_json_returns_the_first_object_and_the_noise():
+    assert find_json('Answer: [1, 2] and more') == ([1, 2], ["prefix", "suffix"])
+    assert find_json("no json here") == (MISSING, [])
+
+
+def test_summary_reports_micro_and_macro_field_accuracy_and_noise_kinds():
+    samples = [ticket(id=f"t{i}") for i in range(2)]
+    scores = [
+        score_answer(samples[0], json.dumps(EXPECTED), "stop", VALIDATOR),
+        score_answer(samples[1], 'Here: {"intent": "refund", "order_id": "B1", "customer": {"name": "x"}}', "stop", VALIDATOR),
+    ]
+    summary = summarize(scores)
+    assert summary["n"] == 2 and summary["json_valid"] == 0.5 and summary["ok"] == 0.5
+    assert summary["noise_rate"] == 0.5 and summary["noise_kinds"]["prefix"] == 1
+    # fields: intent 2/2, order_id 1/2, urgency 2/2, customer.name 1/2 → micro 6/8, macro (1 + .5 + 1 + .5) / 4
+    assert summary["field_accuracy_normalized_micro"] == pytest.approx(6 / 8)
+    assert summary["field_accuracy_normalized_macro"] == pytest.approx(0.75)
+    assert summary["per_field"]["order_id"]["normalized"] == 0.5
+    assert summary["truncated"] == 0.0
+
+
+def test_list_items_count_as_one_field_per_position_pattern():
+    summary = summarize([{"fields": {"items.0.sku": [True, True], "items.1.sku": [False, False]}}])
+    assert list(summary["per_field"]) == ["items.*.sku"]
+    assert summary["per_field"]["items.*.sku"]["exact"] == 0.5
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text("abc", min_size=1, max_size=3), children, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(json_values)
+def test_any_json_value_matches_itself_on_every_field(value):
+    scores = field_scores(value, json.loads(json.dumps(value)))
+    assert scores and all(exact and normalized for exact, normalized in scores.values())
+    assert set(scores) == set(flatten(value))
+
+
+def test_a_bare_json_string_that_declines_is_a_refusal():
+    assert is_refusal('"I cannot help with that."', "I cannot help with that.")
+    assert not is_refusal('"refund"', "refund")
+
+
+def test_a_sample_with_its_own_inline_schema_is_validated_against_it():
+    from tuneloop.eval.runner import SampleValidators
+
+    own = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    validators = SampleValidators(SCHEMA)
+    inline = Sample(id="i", instruction="count", output='{"n": 3}', output_schema=own)
+    assert score_answer(inline, '{"n": 3}', "stop", validators.of(inline))["schema_valid"]
+    assert score_answer(ticket(), '{"n": 3}', "stop", validators.of(ticket()))["schema_valid"] is False
+
+
+words = st.text(alphabet="abc xyz:.!\n", max_size=20)
+objects = st.dictionaries(st.text("abc", min_size=1, max_size=3), st.integers() | st.text(max_size=5) | st.none(),
+                          min_size=1, max_size=4)
+
+
+@given(words, objects, words)
+def test_json_wrapped_in_any_prose_is_found_and_the_noise_named(prefix, value, suffix):
+    found, noise = find_json(prefix + json.dumps(value, ensure_ascii=False) + suffix)
+    assert found == value
+    assert noise == [kind for kind, text in (("prefix", prefix), ("suffix", suffix)) if text.strip()]
