@@ -1,1 +1,173 @@
-"""Commands of this group register on the apps in `tuneloop.cli.apps`."""
+"""`tuneloop train sft`, `tuneloop plan` and `tuneloop export llamafactory`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tuneloop.cli.apps import app, export_app, train_app
+from tuneloop.cli.common import UserError, console, find_project, friendly_errors
+from tuneloop.project import TrainConfig, load_config
+
+
+def _settings(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    values = base.model_dump()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.model_validate(values)
+
+
+def run_id(round_name: str, train_file: Path, val_file: Path | None, model: str, settings: TrainConfig) -> str:
+    """Same round, data, model and settings → same run id, so rerunning a command resumes its run."""
+    from tuneloop.files import file_digest
+    from tuneloop.records import content_hash
+
+    digest = content_hash(file_digest(train_file), file_digest(val_file) if val_file else None, model, settings.model_dump())
+    return f"{round_name}-{settings.method}-{digest[:8]}"
+
+
+def _paths(train: Path | None, val: Path | None, out: Path | None, project_dir: Path, model: str | None,
+           settings: TrainConfig) -> tuple[Path, Path | None, Path, str, str]:
+    """Train/val/out paths, model and system prompt: explicit paths, else the project's latest round."""
+    project = find_project(project_dir, required=train is None)
+    system = project.config.task.system if project else ""
+    model = model or (project.config.model if project else "default")
+    if train is None:
+        latest = project.latest_round()
+        if latest is None:
+            raise UserError(f"{project.rounds_dir}: no completed round yet; run `tuneloop data gate` first or pass --train.")
+        train, val = latest / "train.jsonl", (val or latest / "val.jsonl")
+        val = val if val.exists() else None
+        out = out or project.runs_dir / run_id(latest.name, train, val, model, settings)
+    if out is None:
+        raise UserError("--out is needed outside a project: the run folder to write (e.g. runs/my-run).")
+    return train, val, out, model, system
+
+
+@train_app.command("sft")
+@friendly_errors
+def sft(
+    train: Path = typer.Option(None, "--train", help="Train JSONL (default: the project's latest round)."),
+    val: Path = typer.Option(None, "--val", help="Validation JSONL for eval, early stopping and the best checkpoint."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<round>-<method>-<hash>)."),
+    project_dir: Path = typer.Option(Path("."), "--project", "-p", help="Project folder (default: here or a parent)."),
+    config_file: Path = typer.Option(None, "--config", help="YAML with a `train:` section (overrides tuneloop.yaml)."),
+    model: str = typer.Option(None, "--model", help="HF id, local folder or 'default' (SmolLM2-135M)."),
+    method: str = typer.Option(None, "--method", help="lora | qlora | full."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    epochs: float = typer.Option(None, "--epochs", help="Passes over the train set."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-4 LoRA/QLoRA, 1e-5 full)."),
+    max_length: int = typer.Option(None, "--max-length", help="Longest row in tokens (inputs are windowed, answers never cut)."),
+    no_packing: bool = typer.Option(False, "--no-packing", help="One sample per row instead of packed bins."),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs on this machine; >1 launches through accelerate (DDP, FSDP2 for full)."),
+    restart: bool = typer.Option(False, "--restart-with-suggested-lr",
+                                 help="If val loss oscillates, train again with the suggested learning rate (5e-5)."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over instead of resuming from the last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Supervised fine-tuning (LoRA, QLoRA or full) with packing, early stopping, resume and a run card.
+
+    Example: tuneloop train sft --train data/rounds/r0001/train.jsonl --val data/rounds/r0001/val.jsonl --out runs/r1 --max-steps 30
+    """
+    project = find_project(project_dir, required=False)
+    base = project.config.train if project else TrainConfig()
+    if config_file is not None:
+        base = load_config(config_file).train
+    settings = _settings(base, {"method": method, "max_steps": max_steps, "epochs": epochs, "learning_rate": lr,
+                                "max_length": max_length, "packing": False if no_packing else None})
+    train, val, out, model, system = _paths(train, val, out, project_dir, model, settings)
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:
+        from tuneloop.train.sft import launch_command
+
+        command = launch_command([*sys.argv[1:], "--out", str(out)] if "--out" not in sys.argv else sys.argv[1:],
+                                 gpus, settings.method)
+        console.print(f"launching {gpus} processes: {' '.join(command)}", highlight=False)
+        raise typer.Exit(subprocess.call(command))
+
+    from tuneloop.train.sft import train_sft
+
+    result = train_sft(train, val, out, model, settings, system, gpus=gpus, resume=not no_resume, progress=not quiet)
+    _report(result)
+    if restart and result.suggested_learning_rate:
+        retry = _settings(settings, {"learning_rate": result.suggested_learning_rate})
+        retry_out = out.with_name(f"{out.name}-lr{result.suggested_learning_rate:g}")
+        console.print(f"val loss oscillated: training again with lr {result.suggested_learning_rate:g} into {retry_out}")
+        _report(train_sft(train, val, retry_out, model, retry, system, gpus=gpus, resume=not no_resume, progress=not quiet))
+
+
+def _report(result: Any) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    run = result.run
+    console.print(f"[bold]run[/] {result.out_dir}  steps {run['steps']}/{run['max_steps']}  best val loss "
+                  f"{run['best_val_loss']}  (step {run['best_step']}){'  stopped early' if run['stopped_early'] else ''}",
+                  highlight=False)
+    timings = run["timings"]
+    console.print(f"  {timings['steps_per_s']} steps/s, {timings['train_tokens_per_s']} tokens/s, "
+                  f"{timings['total_s']} s in all; model: {result.model_dir}", highlight=False)
+    if run["resumed_from"]:
+        console.print(f"  resumed from {run['resumed_from']}", highlight=False)
+    if result.suggested_learning_rate:
+        console.print(f"  [yellow]val loss oscillates[/]: try lr {result.suggested_learning_rate:g} "
+                      "(--restart-with-suggested-lr)")
+    console.print(f"  run card: {result.out_dir / 'run_card.html'}")
+
+
+@app.command("plan")
+@friendly_errors
+def plan(
+    model: str = typer.Option("default", "--model", help="HF id, local folder or 'default'; only its config is read."),
+    method: str = typer.Option("lora", "--method", help="lora | qlora | full."),
+    seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per row."),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs to spread over (FSDP shards full fine-tuning states)."),
+    batch: int = typer.Option(1, "--batch", help="Rows per GPU per forward pass."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Estimate training memory from the model config alone (no weights) and recommend a GPU setup.
+
+    Example: tuneloop plan --model Qwen/Qwen2.5-7B-Instruct --method lora --seq-len 4096
+    """
+    import json
+
+    from tuneloop.train.plan import estimate, read_shape
+
+    if method not in ("lora", "qlora", "full"):
+        raise UserError(f"--method {method}: expected lora, qlora or full.")
+    result = estimate(read_shape(model), method, seq_len, batch=batch, gpus=gpus, lora_rank=lora_rank)
+    if as_json:
+        console.print_json(json.dumps(result.as_dict()))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{model}: {method}, seq {seq_len}, batch {batch}, {gpus} GPU(s) — {result.params_b:.2f} B params")
+    table.add_column("part")
+    table.add_column("GiB per GPU", justify="right")
+    for name, gib in result.parts.items():
+        table.add_row(name, f"{gib:.2f}")
+    table.add_row("[bold]total (no checkpointing)[/]", f"[bold]{result.total_gib:.2f}[/]")
+    table.add_row("[bold]total (gradient checkpointing)[/]", f"[bold]{result.total_checkpointed_gib:.2f}[/]")
+    console.print(table)
+    console.print(f"recommendation: {result.recommendation}", highlight=False)
+
+
+@export_app.command("llamafactory")
+@friendly_errors
+def export_llamafactory(
+    run: Path = typer.Option(..., "--run", help="Run folder written by `tuneloop train sft` (holds config.json)."),
+    out: Path = typer.Option(..., "--out", help="Folder for dataset_info.json, data files and the YAML configs."),
+    template: str = typer.Option(None, "--template", help="LLaMA-Factory template name (default: guessed from the model)."),
+) -> None:
+    """Write the same training as LLaMA-Factory files: data + dataset_info.json, training YAML, export YAML.
+
+    Example: tuneloop export llamafactory --run runs/r0001-lora-1a2b3c4d --out lf/
+    """
+    from tuneloop.train.llamafactory import export_run
+
+    written = export_run(run, out, template=template)
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)

@@ -86,7 +86,11 @@ def derive_settings(config: TrainConfig, train_rows: int, train_samples: int, gp
                      f"{config.method}: {'1e-5 for full fine-tuning' if config.method == 'full' else '2e-4 for LoRA/QLoRA'}")
 
     per_device = min(config.per_device_batch, train_rows)
-    if per_device < config.per_device_batch:
+    if config.packing and not cuda and per_device > 1:
+        # a padding-free batch is one flattened sequence; CPU attention keeps its full (B·L)² mask and scores
+        per_device = explain("per_device_batch", 1, "CPU with packing: one packed bin per forward pass keeps attention "
+                             "memory at max_length² instead of (batch × max_length)²")
+    elif per_device < config.per_device_batch:
         explain("per_device_batch", per_device, f"only {train_rows} training rows, fewer than per_device_batch")
     samples_per_row = train_samples / train_rows
     target = config.effective_batch

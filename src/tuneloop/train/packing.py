@@ -19,7 +19,8 @@ attention          block-diagonal causal: a token attends only to earlier tokens
 
 The mask is never materialised here: the collator sends `position_ids` (no attention mask) and transformers
 derives the sample boundaries from where the positions restart — varlen kernels under flash attention, a
-block-diagonal mask under SDPA/eager/flex attention. `seq_lengths` travels with each bin for that collator.
+block-diagonal mask under SDPA/eager/flex attention (in forwards without a KV cache, as training runs; tested
+in tests/test_train_packing.py). `seq_lengths` travels with each bin for that collator.
 """
 
 from __future__ import annotations

@@ -35,13 +35,15 @@ class EncodedRow:
     sample_id: str
     window: int = 0
     windows: int = 1
+    input_text: str | None = None  # the window of `input` this row was rendered from (None: the whole input)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def _row(prompt: list[int], response: list[int], sample_id: str, window: int = 0, windows: int = 1) -> EncodedRow:
-    return EncodedRow(prompt + response, [IGNORE] * len(prompt) + list(response), sample_id, window, windows)
+def _row(prompt: list[int], response: list[int], sample_id: str, window: int = 0, windows: int = 1,
+         input_text: str | None = None) -> EncodedRow:
+    return EncodedRow(prompt + response, [IGNORE] * len(prompt) + list(response), sample_id, window, windows, input_text)
 
 
 def window_starts(total: int, size: int, overlap: int) -> list[int]:
@@ -83,7 +85,7 @@ def _windowed(tokenizer: Any, sample: Sample, max_length: int, default_system: s
     size = max_length - len(response) - frame
     overlap = max(0, min(overlap, size // 2))
     while size >= MIN_WINDOW:
-        rows: list[tuple[list[int], list[int]]] = []
+        rows: list[tuple[list[int], list[int], str]] = []
         starts = window_starts(len(input_tokens), size, overlap)
         for start in starts:
             text = tokenizer.decode(input_tokens[start:start + size], skip_special_tokens=False)
@@ -91,9 +93,9 @@ def _windowed(tokenizer: Any, sample: Sample, max_length: int, default_system: s
             prompt = prompt_ids(tokenizer, window, default_system)
             if len(prompt) + len(response) > max_length:
                 break  # re-tokenizing the decoded window drifted by a few tokens: retry with smaller windows
-            rows.append((prompt, response_ids(tokenizer, window, prompt, default_system, end)))
+            rows.append((prompt, response_ids(tokenizer, window, prompt, default_system, end), text))
         else:
-            return [_row(p, r, sample.id, i, len(rows)) for i, (p, r) in enumerate(rows)]
+            return [_row(p, r, sample.id, i, len(rows), text) for i, (p, r, text) in enumerate(rows)]
         size -= max(1, size // 16)
     return (f"prompt frame {frame} + answer {len(response)} tokens leave fewer than {MIN_WINDOW} tokens of "
             f"max_length {max_length} for the input; raise train.max_length or shorten the instruction/answer")

@@ -1,0 +1,107 @@
+"""What a run shows and records while it trains: metrics.jsonl, a rich progress bar, the best checkpoint mark.
+
+Metrics are kept in memory and the whole file is rewritten atomically at each log, so a killed run leaves a
+complete metrics.jsonl; on resume, entries after the checkpoint's step are dropped and the curve continues.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tuneloop.files import write_text
+
+METRIC_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy",
+               "num_tokens", "epoch")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class MetricsFile(TrainerCallback):
+    """Appends every train/eval log (step, loss, eval_loss, lr, tokens, seconds) to metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries = read_metrics(path)
+        self.started = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed run continues from its checkpoint's step: later entries belong to the killed attempt
+        self.entries = [e for e in self.entries if e.get("step", 0) <= state.global_step]
+        self._flush(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        entry = {"step": state.global_step, "time_s": round(time.monotonic() - self.started, 3)}
+        entry.update({k: round(float(v), 6) for k, v in logs.items() if k in METRIC_KEYS and v is not None})
+        if len(entry) > 2:
+            self.entries.append(entry)
+            self._flush(state)
+
+    def _flush(self, state) -> None:
+        if state.is_world_process_zero:
+            write_text(self.path, "".join(json.dumps(e) + "\n" for e in self.entries))
+
+
+class RichProgress(TrainerCallback):
+    """A progress bar with the latest loss, val loss, tokens/s and ETA."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.progress = None
+        self.task = None
+        self.tokens_at_start = 0
+        self.started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not self.enabled or not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="")
+        self.started = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        fields = self.progress.tasks[0].fields.get("stats", "")
+        parts = dict(p.split("=", 1) for p in fields.split() if "=" in p)
+        if "loss" in logs:
+            parts["loss"] = f"{logs['loss']:.4f}"
+        if "eval_loss" in logs:
+            parts["val"] = f"{logs['eval_loss']:.4f}"
+        if "num_tokens" in logs:
+            if not self.tokens_at_start:
+                self.tokens_at_start = logs["num_tokens"]
+                self.started = time.monotonic()
+            elapsed = time.monotonic() - self.started
+            if elapsed > 0 and logs["num_tokens"] > self.tokens_at_start:
+                parts["tok/s"] = f"{(logs['num_tokens'] - self.tokens_at_start) / elapsed:.0f}"
+        self.progress.update(self.task, stats=" ".join(f"{k}={v}" for k, v in parts.items()))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def mark_best(checkpoints: Path, best_checkpoint: str | None, best_metric: float | None) -> None:
+    """A `BEST` file naming the checkpoint with the lowest val loss (Trainer keeps it from rotation)."""
+    if best_checkpoint:
+        write_text(checkpoints / "BEST", f"{Path(best_checkpoint).name}\neval_loss={best_metric}\n")

@@ -1,0 +1,269 @@
+"""Supervised fine-tuning, top to bottom: data → rules → model → TRL SFTTrainer → best adapter → run card.
+
+```
+runs/<run-id>/
+  run.json          what ran: base model, method, data hashes, best step and val loss, early stop, timings
+  config.json       the TrainConfig used and every derived value with its reason
+  adapter/          best checkpoint's LoRA adapter + tokenizer + chat template (LoRA/QLoRA)
+  model/            best full model + tokenizer (full fine-tuning)
+  checkpoints/      Trainer checkpoints (resume from the last; BEST names the best)
+  metrics.jsonl     one line per log: step, loss, eval_loss, lr, tokens
+  quarantine.jsonl  rows that could not fit max_length even with windowing, with the reason
+  run_card.html / run_card.md
+```
+A rerun of the same command on the same data resumes from the last checkpoint (a changed fingerprint — data,
+model or settings — is refused, so two different runs never mix in one folder).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.data.formats import write_quarantine
+from tuneloop.files import read_json, write_json
+from tuneloop.models import resolve_model
+from tuneloop.project import TrainConfig
+from tuneloop.records import content_hash
+from tuneloop.train.config import OSCILLATION_LR, TrainSettings, derive_settings, val_loss_oscillates
+from tuneloop.train.prepare import PreparedSplit, prepare_data
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue, with what to do."""
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    run: dict[str, Any]
+    settings: TrainSettings
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        return self.out_dir / self.run["adapter_dir"] if self.run.get("adapter_dir") else None
+
+    @property
+    def model_dir(self) -> Path:
+        """The folder that `tuneloop.models.load_causal_lm` loads: the adapter (LoRA/QLoRA) or the full model."""
+        return self.out_dir / (self.run.get("adapter_dir") or self.run["model_dir"])
+
+    @property
+    def suggested_learning_rate(self) -> float | None:
+        return self.run.get("suggested_learning_rate")
+
+
+def fingerprint(model_path: str, config: TrainConfig, train: PreparedSplit, val: PreparedSplit | None,
+                default_system: str) -> str:
+    """What makes two runs the same run: model, settings, data bytes, system prompt."""
+    return content_hash(model_path, config.model_dump(), train.sha256, val.sha256 if val else None, default_system)
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                            "cuda": torch.cuda.is_available(), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    if torch.cuda.is_available():
+        info["gpus"] = [f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB)"
+                        for i in range(torch.cuda.device_count())]
+    return info
+
+
+def load_base_model(model_path: str, method: str, cuda: bool):
+    """The model to train: bf16 on GPU, fp32 on CPU; 4-bit NF4 for QLoRA (GPU and bitsandbytes required)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if method == "qlora":
+        if not cuda:
+            raise TrainError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); on this machine use --method lora.")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise TrainError("QLoRA needs bitsandbytes: `pip install bitsandbytes`, or use --method lora.") from None
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quantization, dtype=torch.bfloat16,
+                                                    device_map={"": local_rank})
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if cuda else torch.float32)
+
+
+def _records(split: PreparedSplit):
+    from datasets import Dataset
+
+    return Dataset.from_list(split.batches)
+
+
+def _last_checkpoint(checkpoints: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
+
+
+def train_sft(train_file: str | Path, val_file: str | Path | None, out_dir: str | Path, model: str = "default",
+              settings: TrainConfig | None = None, default_system: str = "", gpus: int = 1, resume: bool = True,
+              progress: bool = True) -> RunResult:
+    """Train `model` on `train_file` (tuneloop JSONL), evaluate on `val_file`, write `out_dir` (see module doc)."""
+    import torch
+
+    started = time.monotonic()
+    config = settings or TrainConfig()
+    out = Path(out_dir)
+    cuda = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if gpus > 1 and world == 1:
+        raise TrainError(f"--gpus {gpus} needs one process per GPU: run `tuneloop train sft --gpus {gpus}`, "
+                         "which starts them through `accelerate launch`.")
+    if world > 1 and not cuda:
+        raise TrainError("multi-process training needs CUDA GPUs; drop --gpus on a CPU machine.")
+    model_path = resolve_model(model)
+
+    from transformers import AutoTokenizer, set_seed
+
+    from tuneloop.train.templates import ensure_chat_template, template_hash
+
+    set_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    ensure_chat_template(tokenizer)
+    train, val = prepare_data(tokenizer, train_file, val_file, config, default_system)
+    derived = derive_settings(config, len(train.batches), len(train.rows), world, cuda)
+    run_fingerprint = fingerprint(model_path, config, train, val, default_system)
+    checkpoints = out / "checkpoints"
+    previous = out / "config.json"
+    if previous.exists() and read_json(previous).get("fingerprint") != run_fingerprint:
+        if resume and _last_checkpoint(checkpoints):
+            raise TrainError(f"{out}: holds a run with other data, model or settings; pass another --out, or "
+                             "--no-resume to start this folder over.")
+    if not resume and checkpoints.exists() and _is_main():
+        shutil.rmtree(checkpoints)
+    prepared_s = time.monotonic() - started
+
+    config_record = {"fingerprint": run_fingerprint, "model": model, "base_model": model_path,
+                     "train": config.model_dump(), "derived": derived.as_dict(), "default_system": default_system,
+                     "chat_template": tokenizer.chat_template, "template_hash": template_hash(tokenizer),
+                     "data": {"train": train.summary(), "val": val.summary() if val else None}}
+    if _is_main():
+        write_json(out / "config.json", config_record)
+        write_quarantine(out / "quarantine.jsonl", train.quarantined + (val.quarantined if val else []))
+
+    trainer = _build_trainer(model_path, tokenizer, config, derived, train, val, checkpoints, cuda, progress, out)
+    resume_from = _last_checkpoint(checkpoints) if resume else None
+    train_started = time.monotonic()
+    trainer.train(resume_from_checkpoint=resume_from)
+    train_s = time.monotonic() - train_started
+    return _finish(trainer, tokenizer, out, model, model_path, config, derived, train, val, resume_from,
+                   {"prepare_s": round(prepared_s, 2), "train_s": round(train_s, 2)}, started)
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _build_trainer(model_path: str, tokenizer: Any, config: TrainConfig, derived: TrainSettings, train: PreparedSplit,
+                   val: PreparedSplit | None, checkpoints: Path, cuda: bool, progress: bool, out: Path):
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tuneloop.train.callbacks import MetricsFile, RichProgress
+
+    args = SFTConfig(
+        output_dir=str(checkpoints), seed=config.seed, data_seed=config.seed,
+        per_device_train_batch_size=derived.per_device_batch, per_device_eval_batch_size=derived.per_device_batch,
+        gradient_accumulation_steps=derived.gradient_accumulation, learning_rate=derived.learning_rate,
+        lr_scheduler_type="cosine", warmup_steps=derived.warmup_steps, max_steps=derived.optimizer_steps,
+        logging_steps=1, eval_strategy="steps" if val else "no", eval_steps=derived.eval_steps,
+        save_strategy="steps", save_steps=derived.eval_steps, save_total_limit=2,
+        load_best_model_at_end=val is not None, metric_for_best_model="eval_loss", greater_is_better=False,
+        bf16=cuda, fp16=False, use_cpu=not cuda, gradient_checkpointing=config.gradient_checkpointing,
+        report_to="none", disable_tqdm=True, dataset_kwargs={"skip_prepare_dataset": True}, packing=False,
+        max_length=None, dataloader_num_workers=0, ddp_find_unused_parameters=False, remove_unused_columns=False,
+    )
+    peft_config = None
+    if config.method != "full":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=derived.lora_rank, lora_alpha=derived.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=derived.lora_targets, task_type="CAUSAL_LM", bias="none")
+    # packed bins go padding-free: position_ids restart per sample and transformers masks across samples
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=config.packing)
+    callbacks = [MetricsFile(out / "metrics.jsonl"), RichProgress(progress)]
+    if val is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = SFTTrainer(model=load_base_model(model_path, config.method, cuda), args=args, data_collator=collator,
+                         train_dataset=_records(train), eval_dataset=_records(val) if val else None,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # metrics.jsonl and the progress bar replace raw dict prints
+    return trainer
+
+
+def _finish(trainer, tokenizer, out: Path, model: str, model_path: str, config: TrainConfig, derived: TrainSettings,
+            train: PreparedSplit, val: PreparedSplit | None, resume_from: str | None, timings: dict[str, float],
+            started: float) -> RunResult:
+    from tuneloop.train.callbacks import mark_best, read_metrics
+    from tuneloop.train.runcard import write_run_card
+
+    state = trainer.state
+    target = "model" if config.method == "full" else "adapter"
+    save_started = time.monotonic()
+    trainer.save_model(str(out / target))  # the best checkpoint when val exists (load_best_model_at_end)
+    metrics = read_metrics(out / "metrics.jsonl")
+    eval_losses = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    oscillating = val_loss_oscillates(eval_losses, config.oscillation_evals)
+    tokens = max((m.get("num_tokens", 0) for m in metrics), default=0)
+    timings.update(save_s=round(time.monotonic() - save_started, 2), total_s=round(time.monotonic() - started, 2))
+    timings["steps_per_s"] = round(state.global_step / timings["train_s"], 3) if timings["train_s"] else None
+    timings["train_tokens_per_s"] = round(tokens / timings["train_s"], 1) if timings["train_s"] and tokens else None
+    run = {
+        "base_model": model_path, "model": model, "method": config.method,
+        "adapter_dir": "adapter" if target == "adapter" else None, "model_dir": "model" if target == "model" else None,
+        "max_length": config.max_length, "packing": config.packing,
+        "data": {"train": {"file": str(train.path), "sha256": train.sha256},
+                 "val": {"file": str(val.path), "sha256": val.sha256} if val else None},
+        "steps": state.global_step, "max_steps": derived.optimizer_steps,
+        "best_step": _checkpoint_step(state.best_model_checkpoint) or (state.global_step if not val else None),
+        "best_checkpoint": state.best_model_checkpoint, "best_val_loss": state.best_metric,
+        "stopped_early": bool(val) and state.global_step < derived.optimizer_steps,
+        "resumed_from": resume_from, "val_loss_oscillating": oscillating,
+        "suggested_learning_rate": OSCILLATION_LR if oscillating and derived.learning_rate != OSCILLATION_LR else None,
+        "packing_efficiency": train.packing.efficiency if train.packing else None,
+        "timings": timings, "hardware": hardware(),
+    }
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out / target))  # the chat template travels with the weights
+        mark_best(out / "checkpoints", state.best_model_checkpoint, state.best_metric)
+        write_json(out / "run.json", run)
+        write_run_card(out, run, read_json(out / "config.json"), metrics)
+    return RunResult(out, run, derived, metrics)
+
+
+def _checkpoint_step(checkpoint: str | None) -> int | None:
+    if not checkpoint:
+        return None
+    tail = Path(checkpoint).name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def launch_command(argv: list[str], gpus: int, method: str) -> list[str]:
+    """`accelerate launch` of the same `tuneloop` command on `gpus` processes: DDP, or FSDP2 for full fine-tuning."""
+    import sys
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus), "--num_machines", "1",
+               "--mixed_precision", "bf16", "--dynamo_backend", "no"]
+    if method == "full":
+        command += ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+                    "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true"]
+    else:
+        command += ["--multi_gpu"]
+    return command + ["-m", "tuneloop.cli.main", *argv]
