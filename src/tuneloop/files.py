@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import IO, Any
 
 CHUNK = 1 << 20
+# mkstemp makes owner-only files; written files get the permissions the user's umask asks for, like open() would
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 @contextlib.contextmanager
@@ -25,6 +30,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.chmod(tmp, FILE_MODE)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "") as handle:
@@ -64,6 +70,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(staging, DIR_MODE)
     try:
         yield staging
         if target.exists():

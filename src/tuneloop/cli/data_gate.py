@@ -1,1 +1,326 @@
-"""Commands of this group register on the apps in `tuneloop.cli.apps`."""
+"""`tuneloop data check|dedup|leakage|redact|split|mix|gate` and `tuneloop rounds list|diff`.
+
+In a project directory the commands read `data.sources` and the data settings of tuneloop.yaml; elsewhere they
+take explicit files and use the default settings. Heavy imports live inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tuneloop.cli.apps import data_app, rounds_app
+from tuneloop.cli.common import UserError, console, find_project, friendly_errors
+from tuneloop.cli.data_io import quarantine_path
+
+FILES_HELP = "tuneloop JSONL files (default: data.sources of the project here)."
+InputFiles = Annotated[list[Path], typer.Argument(help="tuneloop JSONL files.")]
+
+
+def _settings() -> tuple[Any, Any]:
+    """The project here (or None) and its data settings (defaults outside a project)."""
+    from tuneloop.project import DataConfig
+
+    project = find_project(required=False)
+    return project, (project.config.data if project else DataConfig())
+
+
+def _sources(files: list[Path] | None, project: Any) -> list[tuple]:
+    if files:
+        return [(Path(f), "internal") for f in files]
+    if project is None or not project.config.data.sources:
+        raise UserError("no input files: pass FILES, or run in a project whose tuneloop.yaml lists data.sources.")
+    return [(project.path(s.path), s.license, s.format, s.dataset) for s in project.config.data.sources]
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    import json
+
+    from tuneloop.files import atomic_open
+
+    with atomic_open(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _read(files: list[Path], out: Path) -> list[Any]:
+    """Samples of the files; unreadable rows go to OUT.quarantine.jsonl (never dropped)."""
+    from tuneloop.data.formats import read_samples, write_quarantine
+
+    samples, bad = [], []
+    for path in files:
+        if not Path(path).exists():
+            raise UserError(f"{path}: no such file; pass tuneloop JSONL files (`tuneloop data import` converts others).")
+        result = read_samples(path)
+        samples.extend(result.samples)
+        bad.extend(result.quarantined)
+    if bad:
+        console.print(f"[yellow]{len(bad)} unreadable rows[/] → {write_quarantine(quarantine_path(out), bad)}")
+    return samples
+
+
+@data_app.command("check")
+@friendly_errors
+def check_command(
+    files: Annotated[list[Path] | None, typer.Argument(help=FILES_HELP)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Accepted rows (JSONL); rejected go beside it.")] = Path("checked.jsonl"),
+    schema: Annotated[Path | None, typer.Option(help="JSON Schema of the answer (default: task.schema).")] = None,
+    license: Annotated[str, typer.Option(help="License of FILES, screened against data.license_allowlist.")] = "internal",
+) -> None:
+    """Validate rows: prompt and answer present, JSON answer fits the schema, license allowed, token counts.
+
+    Rejected rows go to OUT.quarantine.jsonl with file, line, id and reason; the exit code is 1 when the
+    rejected share is over data.max_rejected_share.
+
+    Example: tuneloop data check data/raw/seed.jsonl --schema schemas/ticket.json --out checked.jsonl
+    """
+    from tuneloop.data.checks import approximate_tokens, check_sources
+    from tuneloop.data.formats import write_quarantine, write_samples
+    from tuneloop.data.gate import project_token_counter
+    from tuneloop.files import read_json
+
+    project, config = _settings()
+    sources = [(p, license) for p, *_ in _sources(files, project)] if files else _sources(files, project)
+    task_schema = read_json(schema) if schema else (project.schema() if project else None)
+    max_tokens = config.max_tokens or (project.config.train.max_length if project else None)
+    count_tokens, counted_with = project_token_counter(project) if project else (approximate_tokens, "approximate")
+    result = check_sources(sources, config.license_allowlist, task_schema, count_tokens, max_tokens)
+    write_samples(out, result.accepted)
+    write_quarantine(quarantine_path(out), result.quarantined)
+    console.print(f"{result.rows_in} rows → [green]{len(result.accepted)} accepted[/] → {out}, "
+                  f"[yellow]{len(result.quarantined)} quarantined[/] → {quarantine_path(out)}")
+    for reason, count in result.reasons().items():
+        console.print(f"  {count:>6}  {reason}")
+    console.print(f"token counts: {counted_with}; {len(result.over_length)} rows over max_tokens {max_tokens}")
+    if result.rejected_share > config.max_rejected_share:
+        console.print(f"[red]rejected share {result.rejected_share:.1%} is over data.max_rejected_share "
+                      f"{config.max_rejected_share:.0%}[/]: fix the quarantined rows or raise the bound.")
+        raise typer.Exit(1)
+
+
+@data_app.command("dedup")
+@friendly_errors
+def dedup_command(
+    files: InputFiles,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Rows kept (JSONL).")],
+    removed: Annotated[Path | None, typer.Option(help="Removed duplicates with the id they duplicate (JSONL).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Near-duplicate Jaccard (default: data.dedup.threshold).")] = None,
+) -> None:
+    """Remove exact and near duplicates (MinHash LSH, verified by exact Jaccard), keeping the best copy.
+
+    Example: tuneloop data dedup data/raw/seed.jsonl --out deduped.jsonl --removed duplicates.jsonl
+    """
+    from tuneloop.data.dedup import dedup
+    from tuneloop.data.formats import write_samples
+
+    _, config = _settings()
+    settings = config.dedup.model_copy(update={"threshold": threshold} if threshold is not None else {})
+    samples = _read(files, out)
+    result = dedup(samples, settings)
+    write_samples(out, result.kept)
+    if removed:
+        _write_rows(removed, [{"id": r.sample.id, "kept_id": r.kept_id, "kind": r.kind, "similarity": r.similarity}
+                              for r in result.removed])
+    console.print(f"{len(samples)} rows → [green]{len(result.kept)} kept[/] → {out}, "
+                  f"{len(result.removed)} duplicates in {len(result.clusters)} clusters "
+                  f"(cluster sizes: {result.cluster_sizes})")
+
+
+@data_app.command("leakage")
+@friendly_errors
+def leakage_command(
+    train: Annotated[Path, typer.Option(help="Train rows (JSONL).")],
+    eval: Annotated[list[Path], typer.Option("--eval", help="Val/test rows (JSONL); repeat for several.")],
+    report: Annotated[Path | None, typer.Option(help="Write every hit pair here (JSONL).")] = None,
+) -> None:
+    """Find train rows that overlap val/test: exact hash, near-duplicate, prompt/answer n-gram overlap.
+
+    The exit code is 1 when there is any hit (unless data.leakage.allow).
+
+    Example: tuneloop data leakage --train train.jsonl --eval val.jsonl --eval test.jsonl --report leaks.jsonl
+    """
+    from tuneloop.data.leakage import find_leaks
+
+    _, config = _settings()
+    found = find_leaks(_read([train], train), {p.stem: _read([p], p) for p in eval}, config.leakage, config.dedup)
+    if report:
+        _write_rows(report, [hit.as_row() for hit in found.hits])
+    for hit in found.hits[:20]:
+        console.print(f"  {hit.kind:<13} train {hit.train_id} ↔ {hit.eval_split} {hit.eval_id}  ({hit.similarity:.2f})")
+    if len(found.hits) > 20:
+        console.print(f"  … {len(found.hits) - 20} more" + (f" in {report}" if report else " (use --report)"))
+    console.print(("[green]no leakage[/]" if not found.hits else f"[red]{len(found.hits)} hits[/] {found.counts()}"))
+    if not found.passed:
+        raise typer.Exit(1)
+
+
+@data_app.command("redact")
+@friendly_errors
+def redact_command(
+    files: InputFiles,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Redacted rows (JSONL).")],
+    mode: Annotated[str | None, typer.Option(help="placeholder ([PHONE_1]) or fake (default: data.pii.mode).")] = None,
+) -> None:
+    """Redact personal data: phones, resident IDs, bank cards, e-mails, IPs (JSON answers stay valid JSON).
+
+    Example: tuneloop data redact data/raw/traces.jsonl --out redacted.jsonl --mode placeholder
+    """
+    from tuneloop.data.formats import write_samples
+    from tuneloop.data.pii import redact_samples
+
+    _, config = _settings()
+    chosen = mode or config.pii.mode
+    if chosen not in ("placeholder", "fake"):
+        raise UserError(f"--mode {chosen}: use placeholder or fake.")
+    samples = _read(files, out)
+    redacted, counts = redact_samples(samples, chosen, config.pii.extra_patterns)
+    write_samples(out, redacted)
+    console.print(f"{len(samples)} rows → {out}; redacted: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing found"))
+
+
+@data_app.command("split")
+@friendly_errors
+def split_command(
+    files: InputFiles,
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for train/val/test.jsonl.")],
+    previous: Annotated[Path | None, typer.Option(help="Earlier round folder whose val/test stay frozen.")] = None,
+) -> None:
+    """Split by lineage.source_id (variants of one seed stay together); frozen val/test of --previous are kept.
+
+    Example: tuneloop data split deduped.jsonl --out-dir split/ --previous data/rounds/r0001
+    """
+    from tuneloop.data.formats import write_quarantine, write_samples
+    from tuneloop.data.split import FrozenSplits, split_samples
+    from tuneloop.records import QuarantinedRow
+
+    _, config = _settings()
+    result = split_samples(_read(files, out_dir / "train.jsonl"), config.split, FrozenSplits.from_round(previous))
+    for name in ("train", "val", "test"):
+        write_samples(out_dir / f"{name}.jsonl", result.split(name))
+    held = [QuarantinedRow(source_file="", sample_id=s.id, stage="split", reason=r, raw=s.model_dump(mode="json"))
+            for s, r in result.held_out]
+    write_quarantine(out_dir / "held_out.jsonl", held)
+    console.print(f"train {len(result.train)}, val {len(result.val)}, test {len(result.test)} → {out_dir}; "
+                  f"{len(held)} variants of frozen items held out, {len(result.relabeled)} frozen items relabeled")
+
+
+@data_app.command("mix")
+@friendly_errors
+def mix_command(
+    file: Annotated[Path, typer.Argument(help="Train rows (JSONL).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Train rows after the mix (JSONL).")],
+) -> None:
+    """Compare the sample-type mix with data.mix, down-sample over-represented types, pair negatives for DPO.
+
+    Example: tuneloop data mix split/train.jsonl --out train.mixed.jsonl
+    """
+    from tuneloop.data.formats import write_samples
+    from tuneloop.data.mix import mix
+
+    _, config = _settings()
+    result = mix(_read([file], out), config.mix, config.mix_max_drop, config.mix_resample, config.split.seed)
+    write_samples(out, result.train)
+    for row in result.table():
+        console.print(f"  {row['type']:<9} target {row['target']:>5.0%}  before {row['before']:>6} "
+                      f"({row['before_share']:.0%})  after {row['after']:>6} ({row['after_share']:.0%})  "
+                      f"still needed {row['still_needed']}")
+    console.print(f"{len(result.train)} rows → {out}; {len(result.dropped)} left out by the mix, "
+                  f"{result.pairs} DPO pairs from negative twins")
+
+
+@data_app.command("gate")
+@friendly_errors
+def gate_command(
+    files: Annotated[list[Path] | None, typer.Argument(help=FILES_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="Rounds folder outside a project (rounds go to OUT/rNNNN).")] = None,
+    no_tokenizer: Annotated[bool, typer.Option(help="Approximate token counts instead of loading the tokenizer.")] = False,
+) -> None:
+    """Run every check and write data/rounds/rNNNN/ (train/val/test/quarantine, manifest.json, report.html).
+
+    The exit code is 1 when the gate fails (too many rejected rows, leakage, no train rows).
+
+    Example: tuneloop data gate            (in a project)   |   tuneloop data gate a.jsonl b.jsonl --out rounds
+    """
+    from tuneloop.data.gate import run_gate, run_gate_on
+
+    project = find_project(required=False)
+    if project is not None and out is None:
+        result = run_gate(project, sources=files or None, progress=True, tokenizer=None if no_tokenizer else "project")
+    else:
+        if not files or out is None:
+            raise UserError("outside a project pass FILES and --out ROUNDS_DIR, e.g. `tuneloop data gate a.jsonl --out rounds`.")
+        result = run_gate_on(files, out, progress=True)
+    console.print(", ".join(f"{k} {v}" for k, v in result.counts.items()))
+    console.print(f"report: {result.report}")
+    if result.passed:
+        console.print(f"[green]gate passed[/] → {result.round_dir}")
+        return
+    for failure in result.failures:
+        console.print(f"[red]✗[/] {failure}")
+    raise typer.Exit(1)
+
+
+def _rounds_dir(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    project = find_project(required=False)
+    if project is None:
+        raise UserError("not in a project: pass --dir ROUNDS_DIR.")
+    return project.rounds_dir
+
+
+@rounds_app.command("list")
+@friendly_errors
+def rounds_list(dir: Annotated[Path | None, typer.Option("--dir", help="Rounds folder (default: the project's).")] = None) -> None:
+    """List the data rounds with their counts and whether the gate passed.
+
+    Example: tuneloop rounds list
+    """
+    from tuneloop.data.gate import round_dirs
+    from tuneloop.files import read_json
+
+    rounds = round_dirs(_rounds_dir(dir))
+    if not rounds:
+        console.print("no rounds yet: run `tuneloop data gate`.")
+    for folder in rounds:
+        manifest = read_json(folder / "manifest.json")
+        counts = manifest.get("counts", {})
+        console.print(f"{folder.name}  {manifest.get('created_at', '')}  train {counts.get('train')}  "
+                      f"val {counts.get('val')}  test {counts.get('test')}  quarantined {counts.get('quarantined')}  "
+                      f"{'passed' if manifest.get('passed') else 'failed'}")
+
+
+@rounds_app.command("diff")
+@friendly_errors
+def rounds_diff(
+    old: Annotated[str, typer.Argument(help="Earlier round (name like r0001, or a folder).")],
+    new: Annotated[str, typer.Argument(help="Later round.")],
+    dir: Annotated[Path | None, typer.Option("--dir", help="Rounds folder (default: the project's).")] = None,
+) -> None:
+    """What changed between two rounds: counts, and rows added to / removed from each split.
+
+    Example: tuneloop rounds diff r0001 r0002
+    """
+    from tuneloop.data.formats import load_samples
+
+    folders = []
+    for name in (old, new):
+        folder = Path(name) if Path(name).is_dir() else _rounds_dir(dir) / name
+        if not (folder / "manifest.json").exists():
+            raise UserError(f"{folder}: not a round folder (no manifest.json); see `tuneloop rounds list`.")
+        folders.append(folder)
+    for split in ("train", "val", "test", "quarantine"):
+        if split == "quarantine":
+            import json
+
+            ids = [{json.loads(line).get("sample_id") for line in (f / "quarantine.jsonl").read_text(encoding="utf-8").splitlines() if line}
+                   for f in folders]
+        else:
+            rows = [{s.id: s.content_id() for s in load_samples(f / f"{split}.jsonl")} for f in folders]
+            ids = [set(r) for r in rows]
+            changed = sum(1 for i in ids[0] & ids[1] if rows[0][i] != rows[1][i])
+        added, removed = ids[1] - ids[0], ids[0] - ids[1]
+        extra = f", {changed} changed" if split != "quarantine" else ""
+        console.print(f"{split:<10} {len(ids[0]):>7} → {len(ids[1]):<7} +{len(added)} -{len(removed)}{extra}")

@@ -1,0 +1,192 @@
+"""Validation: each row gets its reasons; a row with any reason goes to quarantine with file, line and id.
+
+```
+source (path, license) ─▶ read_samples ─▶ license on allowlist? ─▶ per row: prompt and answer present,
+                          (bad JSON lines    (else every row of      JSON answer parses and fits the schema,
+                           quarantined)       the source quarantined) answer fits in max_tokens
+```
+A JSON task's answer is checked against the task's JSON Schema (or the row's own inline `output_schema`); negative
+samples and refusals are exempt, their answers are not meant to be valid. Token counts use the project's tokenizer,
+or `approximate_tokens` (one per CJK character, one per word) when no model is at hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.data.dedup import prompt_key_text
+from tuneloop.data.formats import ReadResult, read_file, read_samples
+from tuneloop.records import QuarantinedRow, Sample
+
+TokenCounter = Callable[[list[str]], list[int]]
+_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+")
+
+
+def approximate_tokens(texts: list[str]) -> list[int]:
+    """Token counts without a tokenizer: one per CJK character, one per run of other non-space characters."""
+    return [len(_TOKEN.findall(t)) for t in texts]
+
+
+def tokenizer_counter(tokenizer: Any) -> TokenCounter:
+    """Token counts with a Hugging Face tokenizer, in batches."""
+    def count(texts: list[str]) -> list[int]:
+        lengths: list[int] = []
+        for begin in range(0, len(texts), 1024):
+            encoded = tokenizer(texts[begin:begin + 1024], add_special_tokens=False)["input_ids"]
+            lengths.extend(len(ids) for ids in encoded)
+        return lengths
+    return count
+
+
+def schema_validator(schema: dict[str, Any] | None) -> Any:
+    if schema is None:
+        return None
+    from jsonschema.validators import validator_for
+
+    cls = validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def sample_problems(sample: Sample, validator: Any = None) -> list[str]:
+    """Why a row cannot be used (empty when it can)."""
+    problems = []
+    if not sample.prompt.strip():
+        problems.append("instruction and input are both empty: give the row a prompt")
+    if not sample.output.strip():
+        problems.append("output is empty: give the row an answer")
+    exempt = sample.sample_type == "negative" or sample.expected == "refuse"
+    if isinstance(sample.output_schema, dict):
+        validator = schema_validator(sample.output_schema)
+    if validator is not None and sample.output.strip() and not exempt:
+        try:
+            answer = json.loads(sample.output)
+        except json.JSONDecodeError as err:
+            problems.append(f"output is not valid JSON ({err.msg} at column {err.colno}); this is a JSON task")
+        else:
+            error = next(iter(validator.iter_errors(answer)), None)
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                problems.append(f"output does not match the task schema at {where}: {error.message}")
+    return problems
+
+
+@dataclass
+class CheckResult:
+    accepted: list[Sample] = field(default_factory=list)
+    quarantined: list[QuarantinedRow] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)  # per accepted row
+    answer_tokens: list[int] = field(default_factory=list)
+    over_length: list[str] = field(default_factory=list)  # ids whose prompt + answer exceed max_tokens
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    seen_ids: dict[str, tuple[str, str, int | None]] = field(default_factory=dict, repr=False)
+
+    @property
+    def rows_in(self) -> int:
+        return len(self.accepted) + len(self.quarantined)
+
+    @property
+    def rejected_share(self) -> float:
+        return len(self.quarantined) / self.rows_in if self.rows_in else 0.0
+
+    def reasons(self) -> dict[str, int]:
+        """How many rows were rejected for each kind of reason (the reason up to its first colon or paren)."""
+        return dict(Counter(re.split(r"[:(]", row.reason, maxsplit=1)[0].strip() for row in self.quarantined).most_common())
+
+
+def _line_numbers(path: Path, quarantined_lines: set[int]) -> list[int]:
+    """1-based line of each sample `read_samples` returned: the non-blank lines it did not quarantine."""
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if raw.strip(b" \t\r\n\xef\xbb\xbf") and number not in quarantined_lines:
+                lines.append(number)
+    return lines
+
+
+def check_samples(samples: Sequence[Sample], source: str, lines: Sequence[int | None], schema: dict[str, Any] | None,
+                  count_tokens: TokenCounter, max_tokens: int | None, result: CheckResult) -> None:
+    """Check already-read samples of one source into `result`."""
+    validator = schema_validator(schema)
+    prompts = count_tokens([prompt_key_text(s) for s in samples])
+    answers = count_tokens([s.output for s in samples])
+    for sample, line, prompt_tokens, answer_tokens in zip(samples, lines, prompts, answers):
+        problems = sample_problems(sample, validator)
+        first = result.seen_ids.setdefault(sample.id, (sample.content_id(), source, line))
+        if first[0] != sample.content_id():  # the same id and content is a duplicate: dedup handles it
+            problems.append(f"id '{sample.id}' is already used by a different row ({first[1]}, line {first[2]}): "
+                            "give each row its own id")
+        if max_tokens and answer_tokens > max_tokens:
+            problems.append(f"the answer alone is {answer_tokens} tokens, over max_tokens {max_tokens}: answers are "
+                            "never cut, so shorten it or raise data.max_tokens / train.max_length")
+        if problems:
+            result.quarantined.append(QuarantinedRow(source_file=source, line=line, sample_id=sample.id, stage="check",
+                                                     reason="; ".join(problems), raw=sample.model_dump(mode="json")))
+            continue
+        result.accepted.append(sample)
+        result.prompt_tokens.append(prompt_tokens)
+        result.answer_tokens.append(answer_tokens)
+        if max_tokens and prompt_tokens + answer_tokens > max_tokens:
+            result.over_length.append(sample.id)
+
+
+class SourceError(ValueError):
+    """A data source that cannot be read as configured, with what to change."""
+
+
+def read_source(path: Path, format: str = "auto", dataset: str | None = None) -> ReadResult:
+    """A source as tuneloop.yaml names it: a data file of any format tuneloop reads, or a LLaMA-Factory folder entry."""
+    if path.is_dir():
+        from tuneloop.data.llamafactory import read_dataset_info, read_entry
+
+        entries = read_dataset_info(path)
+        if dataset not in entries:
+            raise SourceError(f"{path}: a folder source needs `dataset:` naming an entry of its dataset_info.json "
+                              f"(one of: {', '.join(entries)})")
+        outcome = read_entry(path, entries[dataset], stage="read")
+        if outcome.result is None:
+            raise SourceError(f"{path}: entry '{dataset}' cannot be read: {outcome.detail}")
+        return outcome.result
+    return read_samples(path, stage="read") if format == "auto" else read_file(path, format, stage="read")
+
+
+def check_sources(sources: Sequence[tuple], allowlist: Sequence[str], schema: dict[str, Any] | None = None,
+                  count_tokens: TokenCounter = approximate_tokens, max_tokens: int | None = None) -> CheckResult:
+    """Read and check every (path, license[, format, dataset]) source; every row is accepted or quarantined."""
+    result = CheckResult()
+    allowed = {a.lower() for a in allowlist}
+    for path, license_name, *how in sources:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: data source not found; fix data.sources in tuneloop.yaml or the path given.")
+        read = read_source(path, *how)
+        before = len(result.quarantined)
+        result.quarantined.extend(read.quarantined)
+        bad_lines = {q.line for q in read.quarantined if q.line}
+        lines: list[int | None]
+        if path.is_dir():
+            lines = [None] * len(read.samples)
+        elif path.suffix == ".jsonl":
+            lines = list(_line_numbers(path, bad_lines))
+        else:  # a JSON array: the element index + 1 (the quarantine's convention)
+            lines = [i for i in range(1, read.total + 1) if i not in bad_lines]
+        if len(lines) != len(read.samples):
+            lines = [None] * len(read.samples)
+        if license_name.lower() not in allowed:
+            reason = (f"license '{license_name}' of {path.name} is not on data.license_allowlist "
+                      f"({', '.join(allowlist)}): add it if you may train on this source, or remove the source")
+            result.quarantined.extend(
+                QuarantinedRow(source_file=str(path), line=line, sample_id=s.id, stage="check", reason=reason,
+                               raw=s.model_dump(mode="json"))
+                for s, line in zip(read.samples, lines))
+        else:
+            check_samples(read.samples, str(path), lines, schema, count_tokens, max_tokens, result)
+        result.sources.append({"path": str(path), "license": license_name, "rows": read.total,
+                               "quarantined": len(result.quarantined) - before})
+    return result
