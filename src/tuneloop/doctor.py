@@ -147,10 +147,10 @@ def check_engines() -> Check:
 
 
 def check_default_model() -> Check:
-    from tuneloop.models import ModelError, default_gguf_path, default_model_dir
+    from tuneloop.models import ModelError, default_gguf_path, default_is_current, default_model_dir
 
     folder = default_model_dir()
-    if (folder / "config.json").exists():
+    if default_is_current():
         return Check("default model", "ok", str(folder))
     try:
         default_gguf_path()

@@ -23,7 +23,8 @@ from tuneloop.files import file_digest, read_json, tree_digest, write_json, writ
 from tuneloop.project import Project
 from tuneloop.records import content_hash
 
-HEADLINE_METRICS = ("json_valid", "schema_valid", "field_accuracy_micro", "exact_match")
+HEADLINE_METRICS = ("json_valid", "schema_valid", "field_accuracy", "exact_match", "refusal_ok")
+IMPROVEMENT_METRICS = ("schema_valid", "field_accuracy")
 
 
 @dataclass
@@ -155,9 +156,8 @@ def run_round(project: Project, options: LoopOptions | None = None,
     def train() -> dict[str, Any]:
         result = train_sft(round_dir / "train.jsonl", round_dir / "val.jsonl", run_dir, model=config.model,
                            settings=train_settings, default_system=system, resume=True, progress=True)
-        run = read_json(run_dir / "run.json")
-        return {"run_dir": str(run_dir), "adapter_dir": str(run_dir / (run.get("adapter_dir") or run.get("model_dir"))),
-                "best_val_loss": getattr(result, "best_val_loss", run.get("best_val_loss"))}
+        return {"run_dir": str(run_dir), "adapter_dir": str(result.model_dir),
+                "best_val_loss": result.run.get("best_val_loss")}
 
     trained = stage("train", train_key, state, train)
     adapter_dir = Path(trained["adapter_dir"])
@@ -169,8 +169,8 @@ def run_round(project: Project, options: LoopOptions | None = None,
               str(adapter_dir), test_file, candidate_dir, schema, eval_settings, default_system=system)})
 
     # 5. paired comparison and the eval gate
+    from tuneloop.eval.compare import compare_evals
     from tuneloop.eval.gate import gate_eval
-    from tuneloop.eval.runner import compare_evals
 
     compare_dir = project.evals_dir / f"{round_dir.name}-compare"
 
@@ -240,7 +240,7 @@ def _serve_smoke(project: Project, export_dir: Path, round_dir: Path, schema: di
         if schema else {"type": "json_object"}
     )
     with serve_in_background(export_dir, trace_store_path=project.traces_db) as base_url:
-        client = OpenAI(base_url=f"{base_url}/v1", api_key="local")
+        client = OpenAI(base_url=base_url, api_key="local")
         started = time.time()
         reply = client.chat.completions.create(model=client.models.list().data[0].id, messages=messages,
                                                response_format=response_format, max_tokens=200, temperature=0)
@@ -254,8 +254,8 @@ def _serve_smoke(project: Project, export_dir: Path, round_dir: Path, schema: di
 
 
 def _metric(summary: dict[str, Any], name: str) -> float | None:
-    metrics = summary.get("metrics", summary)
-    value = metrics.get(name)
+    """A headline rate from an eval summary (the unconstrained run: what the model does on its own)."""
+    value = summary.get("modes", {}).get("unconstrained", {}).get(name)
     return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -269,8 +269,7 @@ def _summarize(project: Project, round_dir: Path, records: list[StageRecord], ba
         "project": str(project.root),
         "round": round_dir.name,
         "headline": headline,
-        "improved": all((v["after"] or 0) > (v["before"] or 0) for k, v in headline.items()
-                        if k in ("schema_valid", "field_accuracy_micro")),
+        "improved": all((headline[k]["after"] or 0) > (headline[k]["before"] or 0) for k in IMPROVEMENT_METRICS),
         "eval_gate": {"passed": compared.get("passed"), "reasons": compared.get("reasons", [])},
         "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), **_links(r)} for r in records],
         "merge": merged.get("report", {}),

