@@ -3,8 +3,9 @@
 ```
 requests ──▶ BatchingGenerator (one worker thread) ──▶ Engine.generate(batch)
               waits a few ms to gather up to            left-pads prompts, one forward per step for the whole
-              max_batch concurrent requests             batch (KV cache), then per row: grammar mask →
-                                                        temperature / top-p / seed → budget check → token
+              max_batch concurrent requests             batch (KV cache), grammar masks for the batch in one
+                                                        pass, then per row: temperature / top-p / seed →
+                                                        budget check → token
 ```
 Rows finish on a stop token, a stop string, a completed grammar or `max_tokens`; finished rows keep a place in
 the batch (fed the pad token) until the whole batch is done. `on_text` callbacks receive text as it becomes
@@ -35,6 +36,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     response_format: dict[str, Any] | None = None
+    min_tokens: int = 0  # free text only: stop tokens are masked until this many tokens are written
     on_text: Callable[[str], None] | None = None
 
 
@@ -116,6 +118,9 @@ class Engine:
                              position_ids=positions.to(self.device), past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float().cpu()
+            constrained = [i for i, row in enumerate(rows) if row.grammar is not None and row.finish_reason is None]
+            if constrained:
+                self.grammars.mask([rows[i].grammar for i in constrained], logits, constrained)
             next_ids = torch.full((len(rows),), self.pad_id, dtype=torch.long)
             for i, row in enumerate(rows):
                 if row.finish_reason is None:
@@ -135,8 +140,9 @@ class Engine:
         return results
 
     def _next_token(self, row: _Row, logits: torch.Tensor) -> int:
-        if row.grammar is not None:
-            row.grammar.mask_logits(logits)
+        """Sample one row's next token from its (already grammar-masked) logits, and update the row."""
+        if row.grammar is None and len(row.tokens) < row.request.min_tokens:
+            logits[self.stop_token_ids] = float("-inf")
         token = _sample(logits, row)
         if row.budget is not None:
             token = row.budget.choose(token)
