@@ -82,6 +82,7 @@ def run_round(project: Project, options: LoopOptions | None = None,
               say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run gate → eval → train → eval → compare → merge → serve on `project`; return the summary."""
     options = options or LoopOptions()
+    _quiet_library_progress()
     config = project.config
     schema = project.schema()
     system = config.task.system
@@ -119,6 +120,7 @@ def run_round(project: Project, options: LoopOptions | None = None,
         if not gate.passed:
             raise LoopError("the data gate failed: " + "; ".join(gate.failures) + f" (see {gate.round_dir / 'report.html'})")
         round_dir = Path(gate.round_dir)
+        say("[gate] " + ", ".join(f"{k} {v}" for k, v in gate.counts.items() if v) + f" → {round_dir.name}")
         manifest = read_json(round_dir / "manifest.json")
         manifest["loop_key"] = gate_key
         write_json(round_dir / "manifest.json", manifest)
@@ -203,6 +205,14 @@ def run_round(project: Project, options: LoopOptions | None = None,
     write_json(loop_dir / "summary.json", summary)
     write_text(loop_dir / "summary.html", _summary_html(summary))
     return summary
+
+
+def _quiet_library_progress() -> None:
+    """The loop shows its own progress per stage; weight-loading bars of each model load would drown it."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
 
 
 def _round_for_key(project: Project, key: str) -> Path | None:
