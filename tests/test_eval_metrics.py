@@ -189,3 +189,21 @@ def test_json_wrapped_in_any_prose_is_found_and_the_noise_named(prefix, value, s
     found, noise = find_json(prefix + json.dumps(value, ensure_ascii=False) + suffix)
     assert found == value
     assert noise == [kind for kind, text in (("prefix", prefix), ("suffix", suffix)) if text.strip()]
+
+
+def test_the_schemas_declared_refusal_form_counts_as_a_refusal():
+    import jsonschema
+
+    from tuneloop.records import Sample
+
+    schema = {"type": "object", "properties": {"intent": {"enum": ["refund", "out_of_scope"]}, "order_id": {"type": ["string", "null"]}},
+              "x-refusal": {"intent": "out_of_scope", "order_id": None}}
+    validator = jsonschema.Draft202012Validator(schema)
+    refuse = Sample(instruction="Extract.", input="Write me a poem.", output='{"intent": "out_of_scope", "order_id": null}',
+                    sample_type="boundary", expected="refuse")
+    answer = Sample(instruction="Extract.", input="Refund A1 please.", output='{"intent": "refund", "order_id": "A1"}',
+                    sample_type="boundary", expected="answer")
+    assert score_answer(refuse, '{"intent": "out_of_scope", "order_id": null}', "stop", validator)["refusal_ok"] is True
+    assert score_answer(refuse, '{"intent": "refund", "order_id": null}', "stop", validator)["refusal_ok"] is False
+    assert score_answer(answer, '{"intent": "refund", "order_id": "A1"}', "stop", validator)["refusal_ok"] is True
+    assert score_answer(answer, '{"intent": "out_of_scope", "order_id": null}', "stop", validator)["refusal_ok"] is False

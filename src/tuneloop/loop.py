@@ -151,9 +151,10 @@ def run_round(project: Project, options: LoopOptions | None = None,
     train_settings = config.train.model_copy()
     if options.max_steps or options.quick:
         train_settings.max_steps = options.max_steps or 6
-    run_dir = project.runs_dir / f"{round_dir.name}-sft"
     train_key = files_key(round_dir / "train.jsonl", round_dir / "val.jsonl",
                           settings=[config.model, train_settings.model_dump(mode="json"), system])
+    # one folder per data + settings: a rerun with the same key resumes it, a changed setting starts a new run
+    run_dir = project.runs_dir / f"{round_dir.name}-sft-{train_key[:8]}"
 
     def train() -> dict[str, Any]:
         result = train_sft(round_dir / "train.jsonl", round_dir / "val.jsonl", run_dir, model=config.model,
@@ -201,7 +202,7 @@ def run_round(project: Project, options: LoopOptions | None = None,
         served = stage("serve smoke", files_key(export_dir, settings=[system, schema]), state,
                        lambda: _serve_smoke(project, export_dir, round_dir, schema, system))
 
-    summary = _summarize(project, round_dir, records, baseline_dir, candidate_dir, compared, merged, served)
+    summary = _summarize(project, round_dir, records, run_dir, baseline_dir, candidate_dir, compared, merged, served)
     write_json(loop_dir / "summary.json", summary)
     write_text(loop_dir / "summary.html", _summary_html(summary))
     return summary
@@ -269,7 +270,7 @@ def _metric(summary: dict[str, Any], name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _summarize(project: Project, round_dir: Path, records: list[StageRecord], baseline_dir: Path,
+def _summarize(project: Project, round_dir: Path, records: list[StageRecord], run_dir: Path, baseline_dir: Path,
                candidate_dir: Path, compared: dict[str, Any], merged: dict[str, Any],
                served: dict[str, Any]) -> dict[str, Any]:
     before = read_json(baseline_dir / "summary.json")
@@ -286,7 +287,7 @@ def _summarize(project: Project, round_dir: Path, records: list[StageRecord], ba
         "serve": served,
         "reports": {
             "data gate": str(round_dir / "report.html"),
-            "run card": str(project.runs_dir / f"{round_dir.name}-sft" / "run_card.html"),
+            "run card": str(run_dir / "run_card.html"),
             "baseline eval": str(baseline_dir / "report.html"),
             "eval after": str(candidate_dir / "report.html"),
             "comparison": str(Path(compared.get("compare_dir", "")) / "report.html"),

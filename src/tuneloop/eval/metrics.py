@@ -136,14 +136,18 @@ def field_scores(expected: Any, actual: Any) -> dict[str, list[bool]]:
     return scores
 
 
-def is_refusal(text: str, value: Any = MISSING) -> bool:
+def is_refusal(text: str, value: Any = MISSING, refusal_form: dict[str, Any] | None = None) -> bool:
     """Whether an answer declines the task.
 
-    For a JSON task a refusal is either the schema's refusal form (an object with a truthy `refusal`, `refused`,
-    `cannot_answer`, `unanswerable` or `error` key) or text with a refusal phrase in English or Chinese
-    ("I can't", "I'm sorry", "无法", "抱歉", ...). A JSON answer whose values merely mention such words is an answer.
+    For a JSON task a refusal is the task's declared refusal form (the schema's `x-refusal` object: an answer
+    whose values equal every non-null value of it, e.g. `{"intent": "out_of_scope", ...}`), an object with a
+    truthy `refusal`, `refused`, `cannot_answer`, `unanswerable` or `error` key, or text with a refusal phrase in
+    English or Chinese ("I can't", "I'm sorry", "无法", "抱歉", ...). A JSON answer whose values merely mention
+    such words is an answer.
     """
     if isinstance(value, dict):
+        if refusal_form and all(value.get(k) == v for k, v in refusal_form.items() if v is not None):
+            return True
         return any(value.get(key) not in (None, False, "", 0) for key in REFUSAL_KEYS)
     if isinstance(value, str):  # a bare JSON string is prose in quotes
         text = value
@@ -151,6 +155,12 @@ def is_refusal(text: str, value: Any = MISSING) -> bool:
         return False
     lowered = text.casefold().replace("’", "'")
     return any(phrase in lowered for phrase in REFUSAL_PHRASES)
+
+
+def refusal_form(validator: Any) -> dict[str, Any] | None:
+    """The refusal answer a task's schema declares under `x-refusal`, if any."""
+    form = (getattr(validator, "schema", None) or {}).get("x-refusal") if validator is not None else None
+    return form if isinstance(form, dict) and any(v is not None for v in form.values()) else None
 
 
 def schema_errors(validator: Any, value: Any) -> list[str]:
@@ -164,7 +174,7 @@ def score_answer(sample: Sample, raw: str, finish_reason: str | None, validator:
     expected_is_json, expected_value = parse_strict(sample.output)
     expected_is_json = expected_is_json and isinstance(expected_value, (dict, list))
     must_refuse = sample.expected == "refuse"
-    refused = is_refusal(raw, found)
+    refused = is_refusal(raw, found, refusal_form(validator))
     scores: dict[str, Any] = {
         "json_valid": json_valid,
         "json_found": found is not MISSING,
