@@ -6,16 +6,12 @@ The embedded server and the canary router judge answers the same way, so per-arm
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 
-_REFUSAL = re.compile(
-    r"\b(i can(?:no|')t|i am unable|i'm unable|i won't|i will not|sorry, but|as an ai)\b|无法|不能提供|抱歉",
-    re.IGNORECASE,
-)
+from tuneloop.eval.metrics import is_refusal
 
 
 @dataclass(frozen=True)
@@ -40,5 +36,6 @@ def judge_output(text: str, response_format: dict[str, Any] | None) -> Outcome:
     schema_valid: bool | None = None
     if isinstance(schema, dict):
         schema_valid = json_valid and jsonschema.Draft202012Validator(schema).is_valid(value)
-    refusal = not json_valid and bool(_REFUSAL.search(text or ""))
+    # one refusal rule for eval and serving: a prose answer with a refusal phrase (en/zh)
+    refusal = not json_valid and is_refusal(text or "")
     return Outcome(json_valid, schema_valid, refusal)
