@@ -123,3 +123,60 @@ def test_cli_imports_one_entry_and_round_trips_through_export(llamafactory_demo,
 def test_cli_refuses_an_unknown_entry_naming_it(llamafactory_demo, tmp_path):
     result = CliRunner().invoke(data_app, ["import", str(llamafactory_demo), "--dataset", "nope", "--out", str(tmp_path / "x.jsonl")])
     assert result.exit_code == 2 and squash("dataset_info.json: no entry named nope") in squash(result.output)
+
+
+# -- tuneloop's own folder (tests/fixtures/llamafactory): the format is covered without ../shared ---------------------
+
+LOCAL_COUNTS = {"orders_alpaca": 3, "support_sharegpt": 2, "answers_ranking": 2, "pairs_alpaca_ranking": 1, "labels_kto": 2}
+
+
+def local_raw(folder, name):
+    return json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def test_every_entry_of_the_local_folder_imports_whole_and_absent_or_hub_entries_are_named(llamafactory_folder):
+    outcomes = {o.name: o for o in import_folder(llamafactory_folder)}
+    assert {n: len(o.result.samples) for n, o in outcomes.items() if o.status == "imported"} == LOCAL_COUNTS
+    assert all(not outcomes[n].result.quarantined for n in LOCAL_COUNTS)
+    assert outcomes["images_missing"].status == "missing" and "images_missing.json is absent" in outcomes["images_missing"].detail
+    assert outcomes["hub_only"].status == "skipped" and "someone/hub_only" in outcomes["hub_only"].detail
+
+
+def test_local_alpaca_sharegpt_ranking_and_kto_entries_map_every_field(llamafactory_folder):
+    outcomes = {o.name: o.result for o in import_folder(llamafactory_folder, list(LOCAL_COUNTS))}
+    orders = outcomes["orders_alpaca"].samples
+    assert [(s.instruction, s.input, s.output) for s in orders] == [
+        (r["instruction"], r["input"], r["output"]) for r in local_raw(llamafactory_folder, "orders_alpaca")]
+    assert orders[1].system == "只输出 JSON。" and orders[2].history == [["Translate to French: thank you", "Merci"]]
+    chat, tools = outcomes["support_sharegpt"].samples
+    assert chat.system == "You are a support agent." and chat.output == "Order 5531 arrives tomorrow."
+    assert chat.history == [["My parcel is late.", "Sorry to hear that. What is the order number?"]]
+    assert tools.extras["turn_roles"] == ["user", "function_call", "observation", "assistant"]
+    assert tools.extras["tools"] == local_raw(llamafactory_folder, "support_sharegpt")[1]["tools"]
+    ranked = outcomes["answers_ranking"].samples
+    assert [(s.output, s.rejected) for s in ranked] == [("The meeting is now on Friday.", "There was a meeting."), ("Lima", "Cusco")]
+    assert ranked[1].system == "Answer in one word."
+    [pair] = outcomes["pairs_alpaca_ranking"].samples
+    assert (pair.instruction, pair.output, pair.rejected) == ("Is 17 prime?", "Yes, 17 is prime.", "No.")
+    assert [s.extras["kto_tag"] for s in outcomes["labels_kto"].samples] == [True, False]
+    assert {s.meta.source for s in outcomes["labels_kto"].samples} == {"labels_kto"}
+
+
+def test_local_entries_export_and_import_back_equal(llamafactory_folder, tmp_path):
+    for outcome in import_folder(llamafactory_folder, list(LOCAL_COUNTS)):
+        entries = export_llamafactory(outcome.result.samples, tmp_path, outcome.name)
+        info = read_dataset_info(tmp_path)
+        back = [s for entry in entries for s in read_entry(tmp_path, info[entry]).result.samples]
+        assert [s.model_dump() for s in back] == [s.model_dump() for s in outcome.result.samples], outcome.name
+        for entry in entries.values():
+            assert entry["file_sha1"] == file_digest(tmp_path / entry["file_name"], "sha1")
+
+
+def test_cli_imports_the_local_folder_with_counts_and_names_what_it_could_not(llamafactory_folder, tmp_path):
+    result = CliRunner().invoke(data_app, ["import", str(llamafactory_folder), "--out", str(tmp_path / "lf" / "all.jsonl")])
+    assert result.exit_code == 0, result.output
+    for name, count in LOCAL_COUNTS.items():
+        assert len(read_samples(tmp_path / "lf" / f"{name}.jsonl").samples) == count
+        assert squash(f"{name}: {count} rows → {count} accepted") in squash(result.output)
+    assert squash("missing: images_missing: file") in squash(result.output)
+    assert "5entriesimported,1missingfiles,1hub-onlyskipped" in squash(result.output)
