@@ -1,27 +1,73 @@
 """Atomic writes and content hashes: the only way tuneloop puts bytes on disk.
 
-Every write goes to a temporary file in the target's folder, is flushed and fsync'ed, then renamed over the
-target; a reader (or a killed process) sees the old file or the complete new one, never a partial file.
+A file is written to a temporary sibling, flushed and fsync'ed, renamed over the target, and the folder is
+fsync'ed so the rename itself survives a power cut: a reader (or a killed process) sees the old file or the
+complete new one, never a partial file.
+
+A folder (an export, a round, an adapter) is replaced in place so that at every instant one complete folder sits
+at its path, the old one or the new one, never neither and never a mix:
+```
+1. build      .name.<pid>.<random>.tmp/   every file written and fsync'ed; the old `name/` still serves readers
+2. swap       renameat2(RENAME_EXCHANGE)  one system call trades the two entries: `name/` is now the new folder
+                                          and the staging name holds the old one (a kill before: old; after: new)
+3. clean up   rm -r the staging name      a kill here leaves only a stale `.name.*.tmp`, removed by the next write
+```
+A first write (no old folder) is a plain rename of the staging folder. On a system without an atomic exchange
+(renameat2 needs Linux ≥ 3.15 and a filesystem that supports it) the swap falls back to two renames, old → `.name.old`
+then staging → `name`; a kill between them leaves the old folder under `.name.old`, which `recover_dir` (called by
+the next write to that path) moves back.
+
+Temporary files and folders are created with mode 0o666 / 0o777 and the kernel applies the user's umask, as open()
+and mkdir() do; tuneloop never changes the process umask (that would race every other thread creating files).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 CHUNK = 1 << 20
-# mkstemp makes owner-only files; written files get the permissions the user's umask asks for, like open() would
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
-DIR_MODE = 0o777 & ~_UMASK
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _temp_name(target: Path) -> Path:
+    """A sibling name no reader mistakes for the target; the pid tells a later write whether its owner is alive."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _create_temp_file(target: Path) -> tuple[int, Path]:
+    while True:
+        tmp = _temp_name(target)
+        try:
+            # 0o666 and the kernel applies the umask, as open() does (mkstemp would make it owner-only)
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or a new entry in `path` durable (a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some filesystems refuse fsync on a folder; the rename is still atomic
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -29,8 +75,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
     """Open a temporary sibling of `path` for writing; rename it over `path` only if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.chmod(tmp, FILE_MODE)
+    remove_stale_temps(target)
+    fd, tmp = _create_temp_file(target)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "") as handle:
@@ -42,6 +88,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(target.parent)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -66,24 +113,127 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a whole folder under a temporary name, then swap it in: the old folder or the complete new one."""
+    """Build a whole folder under a temporary name, then swap it in (module doc): the old folder or the new one."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(staging, DIR_MODE)
+    recover_dir(target)
+    remove_stale_temps(target)
+    staging = _temp_name(target)
+    os.mkdir(staging, 0o777)  # the kernel applies the umask, as for any folder the user makes
     try:
         yield staging
-        if target.exists():
-            trash = target.with_name(f".{target.name}.old")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(target, trash)
-            os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        _fsync_tree(staging)
+        _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    if not os.path.lexists(target):
+        os.rename(staging, target)
+        fsync_dir(target.parent)
+        return
+    if exchange(staging, target):
+        fsync_dir(target.parent)
+        shutil.rmtree(staging)  # the staging name now holds the old folder
+        return
+    old = _old_name(target)
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    os.rename(staging, target)  # a kill between these two renames is what recover_dir repairs
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _old_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_dir(path: str | os.PathLike[str]) -> None:
+    """Undo a swap that two-rename systems left half done: put `.name.old` back, or drop it once `name` exists."""
+    target = Path(path)
+    old = _old_name(target)
+    if not old.is_dir():
+        return
+    if os.path.lexists(target):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(old, target)
+        fsync_dir(target.parent)
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> None:
+    """Delete temporaries of `path` that a killed process left (`.name.<pid>.<random>.tmp` whose pid is gone)."""
+    target = Path(path)
+    prefix = f".{target.name}."
+    try:
+        entries = list(os.scandir(target.parent))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+            continue
+        owner = entry.name[len(prefix):].split(".", 1)[0]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # os.kill(pid, 0) would terminate a process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_libc_handle: Any = None
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap two existing paths in one atomic step; False where this system or filesystem cannot."""
+    global _libc_handle
+    if _libc_handle is None:
+        try:
+            _libc_handle = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc_handle = False
+    if _libc_handle is False:
+        return False
+    old, new = os.fsencode(a), os.fsencode(b)
+    if hasattr(_libc_handle, "renameat2"):  # Linux (glibc ≥ 2.28, musl)
+        result = _libc_handle.renameat2(_AT_FDCWD, old, _AT_FDCWD, new, _RENAME_EXCHANGE)
+    elif hasattr(_libc_handle, "renamex_np"):  # macOS: RENAME_SWAP
+        result = _libc_handle.renamex_np(old, new, 0x2)
+    else:
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), os.fsdecode(old), None, os.fsdecode(new))
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder below `root` before it is swapped in, so a power cut cannot leave holes."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(folder)
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
