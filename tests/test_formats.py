@@ -121,14 +121,93 @@ def test_broken_conversations_are_quarantined_with_a_reason(tmp_path, row, reaso
     assert reason in bad.reason and bad.line == 1
 
 
-def test_a_json_array_broken_midway_keeps_earlier_rows_and_quarantines_the_rest(tmp_path):
+def test_a_json_array_broken_midway_keeps_earlier_rows_and_quarantines_each_later_row_with_its_text(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('[\n{"instruction": "a", "output": "1"},\n{"instruction": "b", "output": "2"},\n{"instruction": "c",,\n'
-                    '{"instruction": "d", "output": "4"}\n]\n', encoding="utf-8")
+                    '{"instruction": "d", "output": "4"},\n{"instruction": "e", "output": "5"}\n]\n', encoding="utf-8")
     result = read_file(path)
     assert [s.instruction for s in result.samples] == ["a", "b"]
-    [bad] = result.quarantined
-    assert bad.line == 4 and "breaks at line 4" in bad.reason
+    assert [(q.line, q.raw) for q in result.quarantined] == [
+        (4, '{"instruction": "c",'), (5, '{"instruction": "d", "output": "4"}'), (6, '{"instruction": "e", "output": "5"}')]
+    assert "breaks at line 4" in result.quarantined[0].reason
+    assert all("after the break" in q.reason for q in result.quarantined[1:])
+
+
+def pretty_rows(count: int) -> list[dict]:
+    return [{"conversations": [{"from": "human", "value": f"question {i}"}, {"from": "gpt", "value": f"answer {i}"}]}
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("indent", [2, None], ids=["pretty-printed", "one-line"])
+def test_a_broken_sharegpt_array_quarantines_each_remaining_row_not_its_messages(tmp_path, indent):
+    text = json.dumps(pretty_rows(5), indent=indent).replace('"answer 1"', '"answer 1', 1)  # an unclosed string
+    path = tmp_path / "chat.json"
+    path.write_text(text, encoding="utf-8")
+    result = read_file(path, "sharegpt")
+    assert [s.output for s in result.samples] == ["answer 0"]
+    assert len(result.quarantined) == 4  # rows 1-4, one entry each (not one per message, not one blob)
+    assert ["question 1" in q.raw for q in result.quarantined] == [True, False, False, False]
+    assert [json.loads(q.raw)["conversations"][1]["value"] for q in result.quarantined[1:]] == [
+        "answer 2", "answer 3", "answer 4"]
+    lines = text.split("\n")
+    for q in result.quarantined:  # each entry names the line its row begins on
+        assert lines[q.line - 1].strip().startswith("{") if indent else q.line == 1
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[{"instruction": "a", "output": "1"}, {"instruction": "b", "output": "2"},', ["a", "b", "cut off"]),
+    ('[{"instruction": "a", "output": "1"}]\n{"instruction": "b", "output": "2"}\n', ["a", "after the JSON array"]),
+    ('[{"instruction": "a", "output": "1"}\n{"instruction": "b", "output": "2"}]', ["a", "expected ',' or ']'"]),
+    ('[{"instruction": "a", "output": "1"},]', ["a"]),
+    ('{"version": 2, "data": [\n{"instruction": "a", "output": "1"},\n{"instruction": "b", "output": "2"}\n]}', ["a", "b"]),
+    ('{\n  "instruction": "a",\n  "output": "1"\n}\n', ["a"]),
+], ids=["cut-off", "text-after-the-end", "missing-comma", "trailing-comma", "object-of-rows", "one-pretty-row"])
+def test_every_json_document_shape_is_read_or_quarantined_naming_why(tmp_path, text, expected):
+    path = tmp_path / "rows.json"
+    path.write_text(text, encoding="utf-8")
+    result = read_file(path)
+    got = [s.instruction for s in result.samples] + [q.reason for q in result.quarantined]
+    assert len(got) == len(expected)
+    for value, want in zip(got, expected):
+        assert want in value
+
+
+def test_a_damaged_parquet_row_group_quarantines_its_rows_with_the_columns_that_still_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    rows = [{"instruction": f"q{i}", "output": f"answer {i} " * 10} for i in range(6)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(1)  # the 'output' pages of rows 3-4
+    data = bytearray(path.read_bytes())
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data[start:start + 12] = b"\xff" * 12
+    path.write_bytes(bytes(data))
+    result = read_file(path)
+    assert [s.instruction for s in result.samples] == ["q0", "q1", "q4", "q5"]
+    assert [(q.line, q.raw) for q in result.quarantined] == [(3, {"instruction": "q2"}), (4, {"instruction": "q3"})]
+    assert all("row group 2 of 3 (rows 3-4, 2 rows)" in q.reason and "output" in q.reason for q in result.quarantined)
+    path.write_bytes(bytes(data[: len(data) // 2]))  # the footer is gone: nothing can be recovered, and it says so
+    [lost] = read_file(path).quarantined
+    assert "no row can be recovered" in lost.reason and lost.line is None
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-8-sig"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_utf16_and_bom_files_read_like_utf8(tmp_path, codec, suffix):
+    plain = write_file(tmp_path / f"plain{suffix}", samples()[:2], "alpaca")
+    other = tmp_path / f"other{suffix}"
+    other.write_bytes(plain.read_text(encoding="utf-8").replace("\n", "\r\n").encode(codec))
+    assert [s.model_dump() for s in read_file(other).samples] == [s.model_dump() for s in read_file(plain).samples]
+
+
+def test_a_utf16_file_without_a_bom_is_quarantined_naming_the_encoding(tmp_path):
+    path = tmp_path / "wide.jsonl"
+    path.write_bytes((json.dumps({"instruction": "q", "output": "a"}) + "\n").encode("utf-16-le") * 2)
+    result = read_file(path)
+    assert not result.samples and result.quarantined
+    assert all("UTF-16 without a BOM" in q.reason for q in result.quarantined)
 
 
 def test_csv_records_with_bad_bytes_or_wrong_field_counts_are_quarantined_by_line(tmp_path):

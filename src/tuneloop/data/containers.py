@@ -1,8 +1,19 @@
 """Rows in and out of files: JSONL, JSON arrays, CSV and Parquet, each row with its 1-based line (or row) number.
 
 Reading never raises on a bad row: it yields a `QuarantinedRow` naming the file, the line and why, and goes on.
-A UTF-8 BOM and CRLF line ends are tolerated; invalid UTF-8 quarantines the row (or CSV record) that holds it.
-A JSON array broken part-way keeps the elements before the break and quarantines the rest as one entry.
+A UTF-8 BOM and CRLF line ends are tolerated, UTF-16/32 files with a BOM are read as such; invalid UTF-8
+quarantines the row (or CSV record) that holds it.
+
+What a damaged file still gives:
+```
+JSON array broken part-way   every element before the break is read with its line; after it, each element is found
+                             by its layout (a line start at the elements' indent, or `, {` with the rows' keys) and
+                             quarantined on its own with its line and raw text: nothing past a break is trusted
+JSON object {"rows": [...]}  the rows of its one list of objects; any other object is one row
+Parquet, damaged row group   the readable row groups are read; each row of a damaged group is quarantined with its
+                             row number and the columns that can still be read; a damaged footer (the map of the
+                             row groups) leaves nothing to recover, and says so in one entry
+```
 """
 
 from __future__ import annotations
@@ -22,6 +33,9 @@ from tuneloop.records import QuarantinedRow
 
 CONTAINERS = ("jsonl", "json", "csv", "parquet")
 BOM = b"\xef\xbb\xbf"
+# UTF-32 before UTF-16: the UTF-32-LE mark starts with the UTF-16-LE one
+WIDE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe", "utf-16-le"),
+             (b"\xfe\xff", "utf-16-be"))
 BAD_BYTES = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by the surrogateescape decoder
 FIX_UTF8 = "re-save the file as UTF-8"
 
@@ -32,23 +46,44 @@ class RawRow:
     value: dict[str, Any]
 
 
+def read_text(path: Path) -> str:
+    """A text file's characters: UTF-8 (BOM or not), or UTF-16/32 after their BOM; bad bytes kept as surrogates."""
+    data = path.read_bytes()
+    for mark, codec in WIDE_BOMS:
+        if data.startswith(mark):
+            return data[len(mark):].decode(codec, errors="surrogateescape")
+    return data.removeprefix(BOM).decode("utf-8", errors="surrogateescape")
+
+
+def _head(path: Path) -> str:
+    with open(path, "rb") as handle:
+        data = handle.read(4096)
+    for mark, codec in WIDE_BOMS:
+        if data.startswith(mark):
+            return data[len(mark):len(mark) + 2048].decode(codec, errors="ignore").lstrip()
+    return data.removeprefix(BOM).decode("utf-8", errors="ignore").lstrip()
+
+
 def container_of(path: str | Path) -> str:
-    """jsonl | json | csv | parquet, from the file name, and for .json files from the first character."""
+    """jsonl | json | csv | parquet, from the file name, and for .json files from the first character.
+
+    A file starting with `[` is a JSON array whatever its name; a `.json` file starting with `{` is a JSON document
+    (an object holding a list of rows, one row, or JSONL under a .json name).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return "csv"
     if suffix in (".parquet", ".pq"):
         return "parquet"
-    with open(path, "rb") as handle:
-        head = handle.read(4096).removeprefix(BOM).lstrip()
-    return "json" if head.startswith(b"[") else "jsonl"
+    head = _head(path)
+    return "json" if head.startswith("[") or (suffix == ".json" and head.startswith("{")) else "jsonl"
 
 
 def iter_rows(path: str | Path, stage: str, container: str | None = None) -> Iterator[RawRow | QuarantinedRow]:
     """Every row of a file as a `RawRow` (a JSON object) or a `QuarantinedRow` saying why it is not one."""
     container = container or container_of(path)
-    readers = {"jsonl": _jsonl_rows, "json": _json_array_rows, "csv": _csv_rows, "parquet": _parquet_rows}
+    readers = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}
     if container not in readers:
         raise ValueError(f"unknown file kind '{container}'; use one of {', '.join(CONTAINERS)}")
     yield from readers[container](Path(path), stage)
@@ -64,76 +99,198 @@ def _object_or_bad(path: Path, line: int, stage: str, value: Any) -> RawRow | Qu
     return _bad(path, line, stage, f"expected a JSON object per row, got {type_name(value)}", value)
 
 
-def _jsonl_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
+def _printable(text: str) -> str:
+    """Text with the surrogates that stand for bad bytes shown as U+FFFD, so it can be written as JSON."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _utf8_lines(path: Path) -> Iterator[bytes]:
+    """The file's lines as UTF-8 bytes: streamed when it is UTF-8, converted whole when it has a UTF-16/32 BOM."""
     with open(path, "rb") as handle:
-        for number, raw_line in enumerate(handle, start=1):
-            raw_line = raw_line.removeprefix(BOM)  # a BOM also turns up mid-file where files were concatenated
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield _bad(path, number, stage, f"invalid UTF-8 at byte {err.start}; {FIX_UTF8}",
-                           raw_line.decode("utf-8", errors="replace").rstrip("\r\n"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield _bad(path, number, stage, f"not valid JSON at column {err.colno}: {err.msg}", line.rstrip("\r\n"))
-                continue
-            yield _object_or_bad(path, number, stage, value)
+        head = handle.read(4)
+        handle.seek(0)
+        if not any(head.startswith(mark) for mark, _ in WIDE_BOMS):
+            yield from handle
+            return
+    yield from io.BytesIO(read_text(path).encode("utf-8", "surrogateescape"))
 
 
-def _json_array_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
-    text = path.read_bytes().removeprefix(BOM).decode("utf-8", errors="surrogateescape")
+def _jsonl_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
+    for number, raw_line in enumerate(_utf8_lines(path), start=1):
+        raw_line = raw_line.removeprefix(BOM)  # a BOM also turns up mid-file where files were concatenated
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield _bad(path, number, stage, f"invalid UTF-8 at byte {err.start}; {FIX_UTF8}",
+                       raw_line.decode("utf-8", errors="replace").rstrip("\r\n"))
+            continue
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            hint = "; it holds NUL bytes, so it looks like UTF-16 without a BOM: " + FIX_UTF8 if "\x00" in line else ""
+            yield _bad(path, number, stage, f"not valid JSON at column {err.colno}: {err.msg}{hint}",
+                       line.rstrip("\r\n"))
+            continue
+        yield _object_or_bad(path, number, stage, value)
+
+
+class _Lines:
+    """1-based line of a position in a text, counting forward only so that a long array stays linear."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.counted_to, self.newlines = text, 0, 0
+
+    def at(self, position: int) -> int:
+        if position < self.counted_to:
+            return self.text.count("\n", 0, position) + 1
+        self.newlines += self.text.count("\n", self.counted_to, position)
+        self.counted_to = position
+        return self.newlines + 1
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
+
+
+def _json_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
+    text = read_text(path)
+    start = _skip_space(text, 0)
+    if text.startswith("[", start):
+        yield from _array_rows(path, stage, text, start)
+    elif text.startswith("{", start):
+        yield from _document_rows(path, stage, text, start)
+    elif text[start:].strip():
+        yield _bad(path, _Lines(text).at(start), stage, "expected a JSON array of rows ('[' first) or a JSON object",
+                   _printable(text[start:start + 2000]))
+
+
+def _document_rows(path: Path, stage: str, text: str, start: int) -> Iterator[RawRow | QuarantinedRow]:
+    """A JSON file starting with `{`: an object holding one list of rows, one row, or JSONL under a .json name."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:  # several values (JSONL named .json) or a broken object: read it line by line
+        yield from _jsonl_rows(path, stage)
+        return
+    lists = [key for key, value in document.items()
+             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)]
+    if len(lists) > 1:
+        yield _bad(path, 1, stage, f"the JSON object holds several lists of rows ({', '.join(lists)}); "
+                   "write each list to its own file (a JSON array or JSONL)", document)
+        return
+    if not lists:
+        yield from (_bad(path, 1, stage, f"invalid UTF-8 in this row; {FIX_UTF8}", _printable(text))
+                    if BAD_BYTES.search(text) else _object_or_bad(path, _Lines(text).at(start), stage, document),)
+        return
+    key = re.compile(r'(?<!\\)' + re.escape(json.dumps(lists[0], ensure_ascii=False)) + r'\s*:\s*\[')
+    found = key.search(text) or re.compile(r'(?<!\\)' + re.escape(json.dumps(lists[0])) + r'\s*:\s*\[').search(text)
+    if found is None:  # the key is spelled with escapes: the rows are right, only their lines are unknown
+        yield from (_object_or_bad(path, None, stage, row) for row in document[lists[0]])
+        return
+    yield from _array_rows(path, stage, text, found.end() - 1, nested=True)
+
+
+def _array_rows(path: Path, stage: str, text: str, start: int,
+                nested: bool = False) -> Iterator[RawRow | QuarantinedRow]:
+    """The elements of the JSON array whose `[` is at `start`; at a break, the rest goes to `_after_break`."""
     decoder = json.JSONDecoder()
-    position, counted_to, newlines = 0, 0, 0
-
-    def line_at(at: int) -> int:  # counts forward only, so a long array stays linear
-        nonlocal counted_to, newlines
-        newlines += text.count("\n", counted_to, at)
-        counted_to = at
-        return newlines + 1
-
-    def skip_space(at: int) -> int:
-        while at < len(text) and text[at] in " \t\r\n":
-            at += 1
-        return at
-
-    position = skip_space(position)
-    if not text.startswith("[", position):
-        yield _bad(path, 1, stage, "expected a JSON array of rows ('[' first)")
-        return
-    position = skip_space(position + 1)
-    if text.startswith("]", position):
-        return
-    while True:
-        element_line = line_at(position)
+    lines = _Lines(text)
+    starts: list[int] = []
+    keys: set[str] = set()
+    position = _skip_space(text, start + 1)
+    while not text.startswith("]", position):
         try:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
-            yield _bad(path, err.lineno, stage, f"the JSON array breaks at line {err.lineno} column {err.colno} "
-                       f"({err.msg}); this row and every row after it were not read: fix the file there")
+            reason = (f"the JSON array breaks at line {err.lineno} column {err.colno} ({err.msg})" if position < len(text)
+                      else "the file ends inside the JSON array (no closing ']'; it may be cut off)")
+            yield from _after_break(path, stage, text, position, reason, lines, starts, keys)
             return
-        bad = BAD_BYTES.search(text, position, end)
-        if bad:
-            yield _bad(path, element_line, stage, f"invalid UTF-8 in this row; {FIX_UTF8}",
-                       text[position:end].encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        element_line = lines.at(position)
+        starts.append(position)
+        if isinstance(value, dict):
+            keys.update(value)
+        if BAD_BYTES.search(text, position, end):
+            yield _bad(path, element_line, stage, f"invalid UTF-8 in this row; {FIX_UTF8}", _printable(text[position:end]))
         else:
             yield _object_or_bad(path, element_line, stage, value)
-        position = skip_space(end)
-        if text.startswith("]", position):
+        position = _skip_space(text, end)
+        if text.startswith(",", position):
+            position = _skip_space(text, position + 1)  # a trailing comma before ']' loses nothing: tolerated
+        elif not text.startswith("]", position):
+            at = lines.at(position)
+            reason = (f"the JSON array breaks at line {at}: expected ',' or ']' after a row" if position < len(text)
+                      else "the file ends inside the JSON array (no closing ']'; it may be cut off)")
+            yield from _after_break(path, stage, text, position, reason, lines, starts, keys)
             return
-        if not text.startswith(",", position):
-            at = line_at(position)
-            yield _bad(path, at, stage, f"the JSON array breaks at line {at}: expected ',' or ']' after a row; "
-                       "the rows after it were not read: fix the file there")
-            return
-        position = skip_space(position + 1)
+    rest = _skip_space(text, position + 1)
+    if not nested and rest < len(text):
+        yield from _after_break(path, stage, text, rest, f"text after the JSON array's closing ']' at line "
+                                f"{lines.at(position)}", lines, starts, keys)
+
+
+def _element_starts(text: str, broken: int, starts: list[int], keys: set[str]) -> list[int]:
+    """Where the elements after a break begin, found by the layout of the elements read before it.
+
+    Elements that each began a line at one indent (pretty-printed or one per line) begin at that indent again;
+    elsewhere an element is a `{` after `,` that parses as an object sharing a key with the rows read so far.
+    """
+    def indent_of(at: int) -> str | None:
+        line_start = text.rfind("\n", 0, at) + 1
+        return text[line_start:at] if not text[line_start:at].strip() and line_start > 0 else None
+
+    indents = {indent_of(at) for at in (starts or [broken])}
+    if len(indents) == 1 and None not in indents:
+        pattern = re.compile("\n" + re.escape(indents.pop()) + r"(?=\{)")
+        return [m.end() for m in pattern.finditer(text, broken + 1)]
+    decoder, found, at = json.JSONDecoder(), [], broken + 1
+    while (at := text.find("{", at)) != -1:
+        before = at - 1
+        while before >= 0 and text[before] in " \t\r\n":
+            before -= 1
+        try:
+            value, end = decoder.raw_decode(text, at) if before >= 0 and text[before] in ",[" else (None, at + 1)
+        except json.JSONDecodeError:
+            value, end = None, at + 1
+        after = text[_skip_space(text, end):][:1]
+        if isinstance(value, dict) and after in (",", "]", "") and (not keys or keys & set(value)):
+            found.append(at)
+            at = end
+        else:
+            at += 1
+    return found
+
+
+def _after_break(path: Path, stage: str, text: str, broken: int, reason: str, lines: _Lines, starts: list[int],
+                 keys: set[str]) -> Iterator[QuarantinedRow]:
+    """Everything from a break on, one quarantine row per element found, each with its line and raw text."""
+    bounds = [broken, *_element_starts(text, broken, starts, keys), len(text)]
+    fix = "fix the file there and import it again"
+    for number, (begin, end) in enumerate(zip(bounds, bounds[1:])):
+        raw = text[begin:end].rstrip()
+        if end == len(text):
+            raw = raw.removesuffix("]").rstrip()
+        raw = raw.removesuffix(",").rstrip()
+        if not raw and number:
+            continue
+        try:
+            readable = isinstance(json.loads(raw), dict)
+        except json.JSONDecodeError:
+            readable = False
+        if number == 0:
+            why = f"{reason}: {fix}"
+        elif readable:
+            why = f"not imported: it comes after the break ({reason}), where the array cannot be trusted; {fix}"
+        else:
+            why = f"unreadable: it comes after the break ({reason}) and is not a JSON object itself; {fix}"
+        yield _bad(path, lines.at(begin), stage, why, _printable(raw) if raw else None)
 
 
 def _csv_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
-    text = path.read_bytes().removeprefix(BOM).decode("utf-8", errors="surrogateescape")
+    text = read_text(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(reader, None)
@@ -145,8 +302,7 @@ def _csv_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
         if not any(cell.strip() for cell in record):
             continue
         if any(BAD_BYTES.search(cell) for cell in record):
-            yield _bad(path, line, stage, f"invalid UTF-8 in this record; {FIX_UTF8}",
-                       [c.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for c in record])
+            yield _bad(path, line, stage, f"invalid UTF-8 in this record; {FIX_UTF8}", [_printable(c) for c in record])
         elif len(record) != len(header):
             yield _bad(path, line, stage, f"{len(record)} fields where the header has {len(header)}; "
                        "quote fields that hold commas or line breaks", record)
@@ -157,13 +313,41 @@ def _csv_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
 def _parquet_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
     import pyarrow.parquet as pq
 
-    try:
-        rows = pq.read_table(path).to_pylist()
+    try:  # page checksums are verified where the writer stored them
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
     except Exception as err:  # pyarrow raises several types for a damaged file
-        yield _bad(path, None, stage, f"not a readable Parquet file ({err}); re-export it")
+        yield _bad(path, None, stage, f"not a readable Parquet file ({err}): its footer, the map of where the rows are, "
+                   "cannot be read, so no row can be recovered and their number is unknown; re-export the file")
         return
-    for number, row in enumerate(rows, start=1):
-        yield RawRow(number, row)
+    first, groups = 1, parquet.num_row_groups
+    for group in range(groups):
+        count = parquet.metadata.row_group(group).num_rows
+        try:
+            rows = parquet.read_row_group(group).to_pylist()
+        except Exception as err:
+            yield from _damaged_group(path, stage, parquet, group, first, count, err)
+        else:
+            yield from (RawRow(first + offset, row) for offset, row in enumerate(rows))
+        first += count
+
+
+def _damaged_group(path: Path, stage: str, parquet: Any, group: int, first: int, count: int,
+                   err: Exception) -> Iterator[QuarantinedRow]:
+    """Each row of an unreadable row group, quarantined with the values of the columns that still read."""
+    readable: dict[str, list[Any]] = {}
+    for name in parquet.schema_arrow.names:
+        try:
+            values = parquet.read_row_group(group, columns=[name]).column(0).to_pylist()
+        except Exception:  # this column's pages are the damaged ones
+            continue
+        if len(values) == count:
+            readable[name] = values
+    lost = [n for n in parquet.schema_arrow.names if n not in readable]
+    reason = (f"row group {group + 1} of {parquet.num_row_groups} (rows {first}-{first + count - 1}, {count} rows) "
+              f"is damaged ({''.join(c if c.isprintable() else '?' for c in str(err).splitlines()[0][:200])}); unreadable columns: {', '.join(lost) or 'none'} "
+              "(the readable ones are in raw): re-export the file")
+    for offset in range(count):
+        yield _bad(path, first + offset, stage, reason, {name: values[offset] for name, values in readable.items()})
 
 
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]], container: str | None = None) -> Path:
