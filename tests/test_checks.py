@@ -92,3 +92,43 @@ def test_a_second_row_reusing_an_id_with_other_content_is_quarantined(tmp_path):
     assert [(q.source_file, q.line) for q in result.quarantined] == [(str(second), 1)]
     assert "a.jsonl, line 1" in result.quarantined[0].reason
     assert len(result.accepted) == 2  # the exact copy is left to dedup
+
+
+def rejected_lines(path, text):
+    path.write_text(text, encoding="utf-8")
+    result = check_sources([(path, "internal")], ["internal"])
+    return sorted((q.line, q.sample_id) for q in result.quarantined if q.stage == "check"), result
+
+
+def test_check_rejections_cite_the_real_line_of_a_pretty_printed_json_array(tmp_path):
+    rows = [{"id": "a", "instruction": "Hi", "output": "Hello"}, {"id": "b", "instruction": "Hi", "output": ""},
+            {"id": "c", "instruction": "", "output": "x"}]
+    text = json.dumps(rows, indent=2)
+    lines, _ = rejected_lines(tmp_path / "rows.json", text)
+    starts = [n for n, line in enumerate(text.split("\n"), start=1) if line == "  {"]
+    assert lines == [(starts[1], "b"), (starts[2], "c")]  # lines 7 and 12, not element numbers 2 and 3
+
+
+def test_check_rejections_cite_the_real_line_of_a_csv_record_after_quoted_line_breaks(tmp_path):
+    text = 'id,instruction,output\r\na,"line one\r\nline two",ok\r\nb,Hi,\r\n\r\nc,"x\ny\nz",fine\r\nd,,nothing\r\n'
+    lines, result = rejected_lines(tmp_path / "rows.csv", text)
+    assert lines == [(4, "b"), (9, "d")] and len(result.accepted) == 2
+
+
+def test_check_rejections_cite_the_real_line_of_jsonl_after_blank_bom_and_bad_lines(tmp_path):
+    text = ('\ufeff{"id": "a", "instruction": "Hi", "output": "Hello"}\r\n\r\n{broken\r\n'
+            '{"id": "b", "instruction": "Hi", "output": ""}\r\n\n{"id": "c", "instruction": "", "output": "x"}\n')
+    lines, result = rejected_lines(tmp_path / "rows.jsonl", text)
+    assert lines == [(4, "b"), (6, "c")]
+    assert [q.line for q in result.quarantined if q.stage == "read"] == [3]
+
+
+def test_check_rejections_of_a_llamafactory_folder_name_the_file_and_line(tmp_path):
+    folder = tmp_path / "lf"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text(json.dumps({"qa": {"file_name": "qa.json"}}), encoding="utf-8")
+    (folder / "qa.json").write_text(json.dumps([{"instruction": "Hi", "output": "Hello"},
+                                                {"instruction": "Hi", "output": " "}], indent=2), encoding="utf-8")
+    result = check_sources([(folder, "internal", "auto", "qa")], ["internal"])
+    [bad] = result.quarantined
+    assert (bad.source_file, bad.line) == (str(folder / "qa.json"), 6)

@@ -100,23 +100,15 @@ class CheckResult:
         return dict(Counter(re.split(r"[:(]", row.reason, maxsplit=1)[0].strip() for row in self.quarantined).most_common())
 
 
-def _line_numbers(path: Path, quarantined_lines: set[int]) -> list[int]:
-    """1-based line of each sample `read_samples` returned: the non-blank lines it did not quarantine."""
-    lines = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if raw.strip(b" \t\r\n\xef\xbb\xbf") and number not in quarantined_lines:
-                lines.append(number)
-    return lines
-
-
-def check_samples(samples: Sequence[Sample], source: str, lines: Sequence[int | None], schema: dict[str, Any] | None,
-                  count_tokens: TokenCounter, max_tokens: int | None, result: CheckResult) -> None:
-    """Check already-read samples of one source into `result`."""
+def check_samples(samples: Sequence[Sample], source: str | Sequence[str], lines: Sequence[int | None],
+                  schema: dict[str, Any] | None, count_tokens: TokenCounter, max_tokens: int | None,
+                  result: CheckResult) -> None:
+    """Check already-read samples into `result`; `source` is their file, or each sample's file (a folder source)."""
+    files = [source] * len(samples) if isinstance(source, str) else list(source)
     validator = schema_validator(schema)
     prompts = count_tokens([prompt_key_text(s) for s in samples])
     answers = count_tokens([s.output for s in samples])
-    for sample, line, prompt_tokens, answer_tokens in zip(samples, lines, prompts, answers):
+    for sample, source, line, prompt_tokens, answer_tokens in zip(samples, files, lines, prompts, answers):
         problems = sample_problems(sample, validator)
         first = result.seen_ids.setdefault(sample.id, (sample.content_id(), source, line))
         if first[0] != sample.content_id():  # the same id and content is a duplicate: dedup handles it
@@ -168,25 +160,17 @@ def check_sources(sources: Sequence[tuple], allowlist: Sequence[str], schema: di
         read = read_source(path, *how)
         before = len(result.quarantined)
         result.quarantined.extend(read.quarantined)
-        bad_lines = {q.line for q in read.quarantined if q.line}
-        lines: list[int | None]
-        if path.is_dir():
-            lines = [None] * len(read.samples)
-        elif path.suffix == ".jsonl":
-            lines = list(_line_numbers(path, bad_lines))
-        else:  # a JSON array: the element index + 1 (the quarantine's convention)
-            lines = [i for i in range(1, read.total + 1) if i not in bad_lines]
-        if len(lines) != len(read.samples):
-            lines = [None] * len(read.samples)
+        origins = [read.origin(i) for i in range(len(read.samples))]  # the real file and line of every sample
         if license_name.lower() not in allowed:
             reason = (f"license '{license_name}' of {path.name} is not on data.license_allowlist "
                       f"({', '.join(allowlist)}): add it if you may train on this source, or remove the source")
             result.quarantined.extend(
-                QuarantinedRow(source_file=str(path), line=line, sample_id=s.id, stage="check", reason=reason,
+                QuarantinedRow(source_file=file, line=line, sample_id=s.id, stage="check", reason=reason,
                                raw=s.model_dump(mode="json"))
-                for s, line in zip(read.samples, lines))
+                for s, (file, line) in zip(read.samples, origins))
         else:
-            check_samples(read.samples, str(path), lines, schema, count_tokens, max_tokens, result)
+            check_samples(read.samples, [file for file, _ in origins], [line for _, line in origins], schema,
+                          count_tokens, max_tokens, result)
         result.sources.append({"path": str(path), "license": license_name, "rows": read.total,
                                "quarantined": len(result.quarantined) - before})
     return result

@@ -38,10 +38,26 @@ class ReadResult:
     samples: list[Sample] = field(default_factory=list)
     quarantined: list[QuarantinedRow] = field(default_factory=list)
     source: str = ""
+    # where each sample came from, index by index: the file and its 1-based line (row number for Parquet)
+    files: list[str] = field(default_factory=list)
+    lines: list[int | None] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return len(self.samples) + len(self.quarantined)
+
+    def origin(self, index: int) -> tuple[str, int | None]:
+        """(file, line) of sample `index`; (source, None) when the reader did not record it."""
+        if len(self.lines) == len(self.samples) and len(self.files) == len(self.samples):
+            return self.files[index], self.lines[index]
+        return self.source, None
+
+    def extend(self, other: ReadResult) -> None:
+        """Append another read's samples and quarantine, keeping where each sample came from."""
+        self.files += [other.origin(i)[0] for i in range(len(other.samples))]
+        self.lines += [other.origin(i)[1] for i in range(len(other.samples))]
+        self.samples += other.samples
+        self.quarantined += other.quarantined
 
 
 def validation_reason(err: ValidationError) -> str:
@@ -58,6 +74,8 @@ def collect(path: str | Path, items: Iterable[RawRow | QuarantinedRow], convert:
             continue
         try:
             result.samples.append(convert(item.value))
+            result.files.append(str(path))
+            result.lines.append(item.line)
         except (RowError, ValidationError) as err:
             row_id = item.value.get("id")
             result.quarantined.append(QuarantinedRow(

@@ -107,8 +107,7 @@ def read_entry(folder: str | Path, entry: DatasetEntry, stage: str = "import") -
     for path in files:
         part = read_file(path, entry.formatting, entry.columns, entry.tags, ranking=entry.ranking,
                          source=entry.name, stage=stage)
-        result.samples += part.samples
-        result.quarantined += part.quarantined
+        result.extend(part)
     return EntryOutcome(entry.name, "imported", f"{len(files)} file(s)", result)
 
 
