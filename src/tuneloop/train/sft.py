@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.data.formats import write_quarantine
-from tuneloop.files import read_json, write_json
+from tuneloop.files import atomic_dir, read_json, write_json
 from tuneloop.models import resolve_model
 from tuneloop.project import TrainConfig
 from tuneloop.records import content_hash
@@ -106,9 +106,21 @@ def _records(split: PreparedSplit):
 
 
 def _last_checkpoint(checkpoints: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a checkpoint killed mid-save
+    (weights or optimizer half written) has none, or a truncated one, and is passed over."""
+    import json
+    import re
 
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
+    complete = []
+    for folder in checkpoints.glob("checkpoint-*") if checkpoints.exists() else []:
+        number = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+        try:
+            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if number and folder.is_dir():
+            complete.append((int(number.group(1)), str(folder)))
+    return max(complete)[1] if complete else None
 
 
 def train_sft(train_file: str | Path, val_file: str | Path | None, out_dir: str | Path, model: str = "default",
@@ -157,7 +169,8 @@ def train_sft(train_file: str | Path, val_file: str | Path | None, out_dir: str 
         write_json(out / "config.json", config_record)
         write_quarantine(out / "quarantine.jsonl", train.quarantined + (val.quarantined if val else []))
 
-    trainer = _build_trainer(model_path, tokenizer, config, derived, train, val, checkpoints, cuda, progress, out)
+    build = _build_engine if uses_engine(config, world) else _build_trainer
+    trainer = build(model_path, tokenizer, config, derived, train, val, checkpoints, cuda, progress, out)
     resume_from = _last_checkpoint(checkpoints) if resume else None
     train_started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_from)
@@ -168,6 +181,40 @@ def train_sft(train_file: str | Path, val_file: str | Path | None, out_dir: str 
 
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def uses_engine(config: TrainConfig, world: int) -> bool:
+    """tuneloop's own step for single-process runs; TRL for `train.engine: trl` and for DDP/FSDP2 launches."""
+    return config.engine == "tuneloop" and world == 1
+
+
+def _build_engine(model_path: str, tokenizer: Any, config: TrainConfig, derived: TrainSettings, train: PreparedSplit,
+                  val: PreparedSplit | None, checkpoints: Path, cuda: bool, progress: bool, out: Path):
+    from tuneloop.train.callbacks import MetricsFile, RichProgress
+    from tuneloop.train.engine import SFTEngine, prepare_runtime
+
+    model = load_base_model(model_path, config.method, cuda)
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.method != "full":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=derived.lora_rank, lora_alpha=derived.lora_alpha,
+                                                 lora_dropout=config.lora_dropout, target_modules=derived.lora_targets,
+                                                 task_type="CAUSAL_LM", bias="none"))
+    runtime = prepare_runtime(model, cuda, config.compile)
+    model.to(runtime.device)
+    # a compiled step sees one shape: every micro-batch is padded to per_device_batch bins of max_length
+    pad_to = derived.per_device_batch * config.max_length if runtime.compiled else None
+    engine = SFTEngine(model, runtime, train.batches, val.batches if val else None,
+                       learning_rate=derived.learning_rate, warmup_steps=derived.warmup_steps,
+                       max_steps=derived.optimizer_steps, per_device_batch=derived.per_device_batch,
+                       gradient_accumulation=derived.gradient_accumulation, eval_steps=derived.eval_steps,
+                       patience=config.early_stopping_patience, seed=config.seed, checkpoints=checkpoints,
+                       callbacks=[MetricsFile(out / "metrics.jsonl"), RichProgress(progress)],
+                       pad_id=tokenizer.pad_token_id or 0, pad_to=pad_to)
+    return engine
 
 
 def _build_trainer(model_path: str, tokenizer: Any, config: TrainConfig, derived: TrainSettings, train: PreparedSplit,
@@ -217,7 +264,14 @@ def _finish(trainer, tokenizer, out: Path, model: str, model_path: str, config: 
     state = trainer.state
     target = "model" if config.method == "full" else "adapter"
     save_started = time.monotonic()
-    trainer.save_model(str(out / target))  # the best checkpoint when val exists (load_best_model_at_end)
+    if trainer.is_world_process_zero():
+        # weights and tokenizer (with its chat template) appear together or not at all: a kill mid-save leaves
+        # the previous adapter, never a folder with a config and half its weights
+        with atomic_dir(out / target) as staging:
+            trainer.save_model(str(staging))  # the best checkpoint when val exists (load_best_model_at_end)
+            tokenizer.save_pretrained(str(staging))
+    else:
+        trainer.save_model(str(out / target))  # other ranks join the collective gather; only rank 0 writes
     metrics = read_metrics(out / "metrics.jsonl")
     eval_losses = [m["eval_loss"] for m in metrics if "eval_loss" in m]
     oscillating = val_loss_oscillates(eval_losses, config.oscillation_evals)
@@ -225,6 +279,10 @@ def _finish(trainer, tokenizer, out: Path, model: str, model_path: str, config: 
     timings.update(save_s=round(time.monotonic() - save_started, 2), total_s=round(time.monotonic() - started, 2))
     timings["steps_per_s"] = round(state.global_step / timings["train_s"], 3) if timings["train_s"] else None
     timings["train_tokens_per_s"] = round(tokens / timings["train_s"], 1) if timings["train_s"] and tokens else None
+    import torch
+
+    if torch.cuda.is_available():
+        timings["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
     run = {
         "base_model": model_path, "model": model, "method": config.method,
         "adapter_dir": "adapter" if target == "adapter" else None, "model_dir": "model" if target == "model" else None,
@@ -239,9 +297,9 @@ def _finish(trainer, tokenizer, out: Path, model: str, model_path: str, config: 
         "suggested_learning_rate": OSCILLATION_LR if oscillating and derived.learning_rate != OSCILLATION_LR else None,
         "packing_efficiency": train.packing.efficiency if train.packing else None,
         "timings": timings, "hardware": hardware(),
+        "engine": trainer.runtime.describe() if hasattr(trainer, "runtime") else {"engine": "trl"},
     }
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(out / target))  # the chat template travels with the weights
         mark_best(out / "checkpoints", state.best_model_checkpoint, state.best_metric)
         write_json(out / "run.json", run)
         write_run_card(out, run, read_json(out / "config.json"), metrics)
