@@ -100,11 +100,14 @@ def test_a_negative_row_sharing_its_golden_twins_prompt_is_not_a_duplicate():
     assert len(dedup([golden, negative]).kept) == 2
 
 
-def test_same_prompt_from_different_seeds_keeps_one_row():
+def test_same_prompt_and_answer_from_different_seeds_keeps_one_row_and_another_answer_keeps_none():
     a = Sample(id="a", instruction="Classify.", input="refund please", output="refund", lineage={"source_id": "A"})
-    b = Sample(id="b", instruction="Classify.", input="Refund  please", output="billing", lineage={"source_id": "B"})
+    b = Sample(id="b", instruction="Classify.", input="Refund  please", output="Refund", lineage={"source_id": "B"})
     result = dedup([a, b])
-    assert [(r.sample.id, r.kind) for r in result.removed] == [("b", "exact-prompt")]
+    assert [(r.sample.id, r.kind) for r in result.removed] == [("b", "exact-row")]
+    other = b.model_copy(update={"output": "billing"})
+    conflict = dedup([a, other])  # which answer is right is a reviewer's call, not dedup's
+    assert not conflict.kept and not conflict.removed and [r.reason for r in conflict.review] == ["label_conflict"] * 2
 
 
 def test_lsh_bands_give_high_recall_at_the_threshold_and_few_chance_candidates():

@@ -3,15 +3,17 @@
 ```
 sources ─▶ validate (license, prompt/answer, JSON Schema, tokens) ─▶ redact PII ─▶ dedup ─▶ split (frozen
 val/test reused) ─▶ leakage ─▶ mix ─▶ data/rounds/rNNNN/  train.jsonl val.jsonl test.jsonl quarantine.jsonl
-                                                          report.html manifest.json (sha256 per file, counts,
-                                                          settings, frozen val/test ids + content hashes)
+                                                          review.jsonl report.html manifest.json (sha256 per
+                                                          file, counts, settings, frozen val/test ids + hashes)
 ```
 The folder is built under a temporary name and swapped in (`files.atomic_dir`): a killed gate leaves the old
 rounds or the complete new one. A failed gate writes `rNNNN-failed/` instead, which is never taken as a round.
 Before the swap a final scan checks that no file holds detected personal data.
 
 Every row in = accepted (train/val/test) + quarantined (read, check, held-out variants of frozen items)
-+ removed duplicates + rows the mix left out; all of them are counted and listed in the manifest.
++ removed (duplicates with the same answer, rows the mix left out) + sent to review (label conflicts: the same
+prompt with other answers, within the sources or against a frozen val/test item); all of them are counted,
+the identity is checked (`COUNT_IDENTITY`) and every row is listed in the manifest or a file of the round.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.data.checks import CheckResult, TokenCounter, approximate_tokens, check_sources, tokenizer_counter
+import numpy as np
+
 from tuneloop.data.dedup import DedupResult, dedup
 from tuneloop.data.formats import write_quarantine, write_samples
 from tuneloop.data.leakage import LeakageReport, find_leaks, overlap_pairs
@@ -39,7 +43,9 @@ from tuneloop.records import QuarantinedRow
 SPLIT_FILES = ("train", "val", "test")
 IDENTIFIER_KEYS = frozenset({"id", "sample_id", "source_id", "parent_id", "kept_id", "train_id", "eval_id",
                              "members", "kept", "content_hash", "old_hash", "new_hash", "sha256", "source_file",
-                             "path", "round", "previous_round", "mix_dropped", "over_length", "frozen"})
+                             "path", "round", "previous_round", "mix_dropped", "over_length", "frozen",
+                             "conflicts_with"})
+COUNT_IDENTITY = "rows_in = accepted + quarantined + removed + sent_to_review"
 
 
 class GateError(RuntimeError):
@@ -70,6 +76,7 @@ class GateRun:
     leakage: LeakageReport
     mix: MixResult
     quarantine: list[QuarantinedRow]
+    review: list[QuarantinedRow]  # label conflicts: every row of each, for a person to decide
     token_source: str
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -153,9 +160,17 @@ def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] |
     lap("redact")
     deduped = dedup(accepted, config.dedup)
     lap("dedup")
-    related = overlap_pairs(deduped.kept, config.leakage, config.dedup)  # rows that would leak stay together
+    # rows that would leak, and template siblings (same frame, other answers), stay on one side of the split
+    related = np.concatenate([overlap_pairs(deduped.kept, config.leakage, config.dedup), deduped.sibling_pairs])
     split = split_samples(deduped.kept, config.split, FrozenSplits.from_round(previous), related)
+    review = list(deduped.review)
+    conflicting = {id(sample): (name, frozen_id) for sample, name, frozen_id in split.conflicts}
     for sample, reason in split.held_out:
+        if id(sample) in conflicting:
+            review.append(QuarantinedRow(
+                source_file=sample.meta.source or "", sample_id=sample.id, stage="split", reason="label_conflict",
+                raw=sample.model_dump(mode="json"), conflicts_with=[conflicting[id(sample)][1]], fix=reason))
+            continue
         quarantine.append(QuarantinedRow(source_file=sample.meta.source or "", sample_id=sample.id, stage="split",
                                          reason=reason, raw=sample.model_dump(mode="json")))
     lap("split")
@@ -163,32 +178,39 @@ def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] |
     lap("leakage")
     mixed = mix(split.train, config.mix, config.mix_max_drop, config.mix_resample, config.split.seed)
     lap("mix")
-    return GateRun(check, dict(redactor.counts), deduped, split, leakage, mixed, quarantine, token_source, timings)
+    return GateRun(check, dict(redactor.counts), deduped, split, leakage, mixed, quarantine, review, token_source,
+                   timings)
 
 
 def counts_of(run: GateRun) -> dict[str, int]:
-    held_out = len(run.split.held_out)
+    """The round's counts; raises when `COUNT_IDENTITY` does not hold (a row lost or counted twice)."""
+    accepted = len(run.mix.train) + len(run.split.val) + len(run.split.test) - run.split.carried_over
     counts = {
         "rows_in": run.check.rows_in,
+        "accepted": accepted,
         "quarantined": len(run.quarantine),
+        "removed": len(run.dedup.removed) + len(run.mix.dropped),
+        "sent_to_review": len(run.review),
         "quarantined_check": len(run.check.quarantined),
-        "held_out_variants": held_out,
+        "held_out_variants": len(run.split.held_out) - len(run.split.conflicts),
         "duplicates_removed": len(run.dedup.removed),
         "mix_dropped": len(run.mix.dropped),
+        "label_conflicts": len(run.dedup.conflicts) + len(run.split.conflicts),
+        "template_siblings": run.dedup.sibling_rows,
         "train": len(run.mix.train),
         "val": len(run.split.val),
         "test": len(run.split.test),
         "carried_over": run.split.carried_over,
+        "groups_too_large_for_val_test": run.split.oversized,
         "relabeled": len(run.split.relabeled),
         "dpo_pairs": run.mix.pairs,
         "leak_hits": len(run.leakage.hits),
         "pii_redacted": sum(run.pii.values()),
     }
-    accounted = (counts["train"] + counts["val"] + counts["test"] - counts["carried_over"] + counts["quarantined"]
-                 + counts["duplicates_removed"] + counts["mix_dropped"])
+    accounted = counts["accepted"] + counts["quarantined"] + counts["removed"] + counts["sent_to_review"]
     if accounted != counts["rows_in"]:
-        raise GateError(f"row accounting is off: {counts['rows_in']} rows in, {accounted} accounted for ({counts}); "
-                        "this is a bug in tuneloop, please report it with the manifest.")
+        raise GateError(f"row accounting is off: {counts['rows_in']} rows in, {accounted} accounted for "
+                        f"({COUNT_IDENTITY}; {counts}); this is a bug in tuneloop, please report it with the manifest.")
     return counts
 
 
@@ -233,6 +255,7 @@ def gate(pairs: Sequence[tuple], rounds_dir: Path, config: DataConfig, schema: d
         for split_name, samples in (("train", run.mix.train), ("val", run.split.val), ("test", run.split.test)):
             write_samples(staging / f"{split_name}.jsonl", samples)
         write_quarantine(staging / "quarantine.jsonl", run.quarantine)
+        write_quarantine(staging / "review.jsonl", run.review)
         manifest = build_manifest(run, counts, failures, config, name, previous, max_tokens)
         write_text(staging / "report.html", build_report(run, manifest))
         manifest["files"] = {p.name: {"sha256": file_digest(p), "bytes": p.stat().st_size}

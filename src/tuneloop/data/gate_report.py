@@ -25,6 +25,7 @@ def build_manifest(run: GateRun, counts: dict[str, int], failures: list[str], co
         "passed": not failures,
         "failures": failures,
         "counts": counts,
+        "count_identity": count_identity(counts),
         "previous_round": previous.name if previous else None,
         "sources": sources,
         "settings": config.model_dump(mode="json"),
@@ -37,6 +38,9 @@ def build_manifest(run: GateRun, counts: dict[str, int], failures: list[str], co
         "duplicates": [{"id": r.sample.id, "kept_id": r.kept_id, "kind": r.kind, "similarity": r.similarity}
                        for r in run.dedup.removed],
         "dedup_cluster_sizes": {str(k): v for k, v in run.dedup.cluster_sizes.items()},
+        "label_conflicts": [*run.dedup.conflicts, *({"members": [s.id, frozen_id], "answers": 2, "frozen": split}
+                                                   for s, split, frozen_id in run.split.conflicts)],
+        "template_siblings": run.dedup.siblings,
         "leakage": {"passed": run.leakage.passed, "allowed": run.leakage.allowed, "counts": run.leakage.counts(),
                     "hits": [h.as_row() for h in run.leakage.hits]},
         "mix": {"table": run.mix.table(), "deficit": run.mix.deficit, "dpo_pairs": run.mix.pairs},
@@ -44,6 +48,15 @@ def build_manifest(run: GateRun, counts: dict[str, int], failures: list[str], co
         "over_length": run.check.over_length,
         "timings_s": run.timings,
     }
+
+
+def count_identity(counts: dict[str, int]) -> str:
+    """The identity every round's counts obey, with the numbers: `rows_in = accepted + … = N`."""
+    from tuneloop.data.gate import COUNT_IDENTITY
+
+    names = COUNT_IDENTITY.split(" = ")[1].split(" + ")
+    return (f"{COUNT_IDENTITY}: {counts['rows_in']} = " + " + ".join(str(counts[n]) for n in names)
+            + f" (accepted = train + val + test - carried_over; removed = duplicates_removed + mix_dropped)")
 
 
 def _histogram(values: list[int], title: str) -> str:
@@ -72,7 +85,7 @@ def build_report(run: GateRun, manifest: dict[str, Any]) -> str:
     summary = [html.paragraph("passed" if passed else "FAILED", "ok" if passed else "bad")]
     summary += [html.paragraph(f) for f in manifest["failures"]]
     sections = [
-        html.section("Result", *summary, html.key_values(counts)),
+        html.section("Result", *summary, html.paragraph(manifest["count_identity"]), html.key_values(counts)),
         html.section("Sources", html.table(manifest["sources"], ["path", "license", "rows", "quarantined", "sha256"])),
         html.section(
             "Rejected rows",
@@ -93,10 +106,29 @@ def build_report(run: GateRun, manifest: dict[str, Any]) -> str:
         html.section(
             "Duplicates",
             html.paragraph(f"{counts['duplicates_removed']} rows removed in {len(run.dedup.clusters)} clusters; "
-                           "the best copy of each is kept (reviewed > annotated > original > augmented)."),
+                           "a row is removed only as a copy of a row with the same answer, and the best copy of "
+                           "each cluster is kept (reviewed > annotated > original > augmented)."),
             html.table([{"cluster size": k, "clusters": v} for k, v in run.dedup.cluster_sizes.items()]),
             html.table([{"kept": c["kept"], "size": c["size"], "kind": c["kind"], "members": ", ".join(c["members"][:12])}
                         for c in run.dedup.clusters], limit=100),
+        ),
+        html.section(
+            "Label conflicts",
+            html.paragraph(f"{counts['label_conflicts']} prompts carry more than one answer: their "
+                           f"{counts['sent_to_review']} rows left train/val/test and are in review.jsonl (reason "
+                           "label_conflict, with the ids of the other rows). Keep the right answer in the source, "
+                           "correct or delete the others, and run the gate again.",
+                           "bad" if counts["label_conflicts"] else "ok"),
+            html.table([{"rows": ", ".join(c["members"][:12]), "answers": c["answers"],
+                         "frozen": c.get("frozen", "")} for c in manifest["label_conflicts"]], limit=REPORT_ROWS),
+        ),
+        html.section(
+            "Template siblings",
+            html.paragraph(f"{counts['template_siblings']} rows in {len(run.dedup.siblings)} families share one "
+                           "sentence frame (near-duplicate text) but have different answers: all kept, each family "
+                           "on one side of the split."),
+            html.table([{"size": f["size"], "answers": f["answers"], "members": ", ".join(f["members"][:12])}
+                        for f in run.dedup.siblings], limit=100),
         ),
         html.section(
             "Leakage",
@@ -113,6 +145,10 @@ def build_report(run: GateRun, manifest: dict[str, Any]) -> str:
             html.paragraph(f"{counts['val']} val and {counts['test']} test rows; {counts['carried_over']} carried over "
                            f"from {manifest['previous_round'] or '(first round)'}, {counts['held_out_variants']} new "
                            "variants of frozen items held out of train."),
+            html.paragraph(f"{counts['groups_too_large_for_val_test']} rows belong to groups (one seed, one prompt, "
+                           "overlapping text or one template family) larger than a val/test share: they went to "
+                           "train whole; add rows with other frames to fill val/test.",
+                           "bad" if counts["groups_too_large_for_val_test"] else "muted"),
             html.table(run.split.relabeled, limit=REPORT_ROWS),
         ),
         html.section("Settings", html.key_values({k: str(v) for k, v in manifest["settings"].items()})),

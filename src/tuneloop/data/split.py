@@ -6,8 +6,9 @@ round 1    rows ─▶ groups: same lineage.source_id, the same normalized promp
                   ─▶ other groups in a stable hash order ─▶ test until its share, val until its share, rest train
 round N    previous val/test carried over (frozen) ─▶ a row matching a frozen item by id takes its place
                   (a relabel: the new answer, the same split) ─▶ a row matching by source_id or prompt only is a
-                  new variant of a frozen item: held out (quarantine), never train ─▶ new hard groups → val
-                  ─▶ everything else → train
+                  new variant of a frozen item: held out (quarantine), never train; one with the frozen item's
+                  prompt but another answer is a label conflict (held out, listed in `conflicts` for review)
+                  ─▶ new hard groups → val ─▶ everything else → train
 ```
 So no variant of one seed straddles a split, and no later round can move a frozen val/test item into train.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.data.dedup import clusters_of, prompt_key_text
+from tuneloop.data.dedup import answer_keys, clusters_of, prompt_key_text
 from tuneloop.data.formats import load_samples
 from tuneloop.data.text import normalize_many, text_hash
 from tuneloop.project import SplitConfig
@@ -93,8 +94,11 @@ class SplitResult:
     val: list[Sample] = field(default_factory=list)
     test: list[Sample] = field(default_factory=list)
     held_out: list[tuple[Sample, str]] = field(default_factory=list)  # (row, reason): to quarantine
+    # held-out rows with a frozen item's prompt and another answer: (row, split, frozen id), to review
+    conflicts: list[tuple[Sample, str, str]] = field(default_factory=list)
     relabeled: list[dict[str, str]] = field(default_factory=list)
     carried_over: int = 0  # frozen items the sources no longer hold, kept from the earlier round
+    oversized: int = 0  # rows of groups larger than a held-out share, sent to train whole (see `split_samples`)
 
     def split(self, name: str) -> list[Sample]:
         return getattr(self, name)
@@ -152,6 +156,7 @@ def split_samples(samples: Sequence[Sample], config: SplitConfig | None = None,
             continue
         if len(rows) > max(target_test, target_val):
             result.train.extend(samples[i] for i in rows)
+            result.oversized += len(rows)
         elif len(result.test) < target_test:
             result.test.extend(samples[i] for i in rows)
         elif len(result.val) < target_val:
@@ -182,7 +187,13 @@ def _split_after_freeze(samples: Sequence[Sample], members: dict[int, list[int]]
             relative = by_relative.get(f"seed:{sample.lineage.source_id}") or by_relative.get(f"prompt:{hashes[index]}")
             if relative is None and any(s is not None for _, s in matches):
                 relative = next((s, samples[i].id) for i, s in matches if s is not None)
-            if relative is not None:
+            conflict = _prompt_conflict(sample, hashes[index], by_relative, frozen)
+            if conflict is not None:
+                result.conflicts.append((sample, *conflict))
+                result.held_out.append((sample, (
+                    f"label_conflict: the prompt of frozen {conflict[0]} item {conflict[1]} with another answer: "
+                    "decide which answer is right (a relabel keeps the frozen item's id)")))
+            elif relative is not None:
                 result.held_out.append((sample, (
                     f"a variant of frozen {relative[0]} item {relative[1]} (same lineage.source_id or prompt): kept "
                     f"out of train so {relative[0]} stays unseen; no action needed")))
@@ -195,3 +206,17 @@ def _split_after_freeze(samples: Sequence[Sample], members: dict[int, list[int]]
         result.carried_over += len(carried)
         result.split(name)[:0] = carried
     return result
+
+
+def _prompt_conflict(sample: Sample, prompt_hash: str, by_relative: dict[str, tuple[str, str]],
+                     frozen: FrozenSplits) -> tuple[str, str] | None:
+    """(split, frozen id) when a frozen item has this row's prompt but another answer (and another id)."""
+    match = by_relative.get(f"prompt:{prompt_hash}")
+    if match is None:
+        return None
+    item = next(s for s in frozen.splits[match[0]] if s.id == match[1])
+    # a negative twin shares its golden row's prompt by design, and negatives are wrong answers (never a conflict)
+    if item.sample_type != sample.sample_type or sample.sample_type == "negative":
+        return None
+    new, old = answer_keys([sample, item])
+    return match if new != old else None
