@@ -111,3 +111,19 @@ def test_the_cli_summary_names_review_and_siblings(tmp_path):
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
     assert "sent_to_review 2" in text and "template_siblings 12" in text and "label_conflicts 1" in text
+
+
+def test_data_dedup_keeps_siblings_and_writes_conflicts_beside_out(tmp_path):
+    rows = [*templated_rows(12), *other_rows(30)]
+    rows.append(rows[20].model_copy(update={"id": "rival", "output": "{}"}))
+    rows.append(rows[25].model_copy(update={"id": "copy"}))
+    source = write_samples(tmp_path / "rows.jsonl", rows)
+    out = CliRunner().invoke(app, ["data", "dedup", str(source), "--out", str(tmp_path / "kept.jsonl")])
+    assert out.exit_code == 0, out.output
+    kept = {s.id for s in load_samples(tmp_path / "kept.jsonl")}
+    assert {f"t{i}" for i in range(12)} <= kept and not kept & {"rival", rows[20].id, "copy"}
+    review = [json.loads(line) for line in (tmp_path / "kept.review.jsonl").read_text().splitlines()]
+    assert sorted(r["sample_id"] for r in review) == sorted(["rival", rows[20].id])
+    text = " ".join(out.output.split())
+    assert "12 template siblings" in text and "2 rows of 1 label conflicts" in text
+    assert len(kept) + 1 + len(review) == len(rows)

@@ -241,8 +241,9 @@ def _review_rows(samples: Sequence[Sample], conflicted: np.ndarray, same_prompt:
             review.append(QuarantinedRow(
                 source_file=sample.meta.source or "", sample_id=sample.id, stage="dedup", reason="label_conflict",
                 raw=sample.model_dump(mode="json"), conflicts_with=ids[:position] + ids[position + 1:],
-                fix=f"the same prompt has {distinct} different answers in rows {', '.join(ids)}: keep the right "
-                    "answer in the source, correct or delete the others, and run the gate again"))
+                # ids stay in conflicts_with (an identifier field): free text is scanned for personal data
+                fix=f"the same prompt has {distinct} different answers across this row and conflicts_with: keep "
+                    "the right answer in the source, correct or delete the others, and run the gate again"))
     return conflicts, review
 
 

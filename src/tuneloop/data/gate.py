@@ -169,7 +169,9 @@ def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] |
         if id(sample) in conflicting:
             review.append(QuarantinedRow(
                 source_file=sample.meta.source or "", sample_id=sample.id, stage="split", reason="label_conflict",
-                raw=sample.model_dump(mode="json"), conflicts_with=[conflicting[id(sample)][1]], fix=reason))
+                raw=sample.model_dump(mode="json"), conflicts_with=[conflicting[id(sample)][1]],
+                fix=f"the prompt of a frozen {conflicting[id(sample)][0]} item (conflicts_with) with another answer: "
+                    "decide which answer is right; a corrected frozen item keeps its id (a relabel)"))
             continue
         quarantine.append(QuarantinedRow(source_file=sample.meta.source or "", sample_id=sample.id, stage="split",
                                          reason=reason, raw=sample.model_dump(mode="json")))

@@ -192,7 +192,7 @@ def _split_after_freeze(samples: Sequence[Sample], members: dict[int, list[int]]
                 result.conflicts.append((sample, *conflict))
                 result.held_out.append((sample, (
                     f"label_conflict: the prompt of frozen {conflict[0]} item {conflict[1]} with another answer: "
-                    "decide which answer is right (a relabel keeps the frozen item's id)")))
+                    "decide which answer is right; a corrected frozen item keeps its id (a relabel)")))
             elif relative is not None:
                 result.held_out.append((sample, (
                     f"a variant of frozen {relative[0]} item {relative[1]} (same lineage.source_id or prompt): kept "
