@@ -13,7 +13,7 @@ import typer
 
 from tuneloop.cli.apps import data_app, rounds_app
 from tuneloop.cli.common import UserError, console, find_project, friendly_errors
-from tuneloop.cli.data_io import quarantine_path
+from tuneloop.cli.data_io import Force, beside, guard_outputs, print_counts, quarantine_path
 
 FILES_HELP = "tuneloop JSONL files (default: data.sources of the project here)."
 InputFiles = Annotated[list[Path], typer.Argument(help="tuneloop JSONL files.")]
@@ -35,7 +35,7 @@ def _sources(files: list[Path] | None, project: Any) -> list[tuple]:
     return [(project.path(s.path), s.license, s.format, s.dataset) for s in project.config.data.sources]
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:  # JSONL of plain rows
     import json
 
     from tuneloop.files import atomic_open
@@ -45,8 +45,9 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _read(files: list[Path], out: Path) -> list[Any]:
-    """Samples of the files; unreadable rows go to OUT.quarantine.jsonl (never dropped)."""
+def _read(files: list[Path], quarantine: Path | None) -> tuple[list[Any], int]:
+    """Samples of the files and how many rows were unreadable; those go to `quarantine` (always written, so a
+    stale one never lingers), or, where a command cannot leave rows out (`quarantine` None), stop it naming the first."""
     from tuneloop.data.formats import read_samples, write_quarantine
 
     samples, bad = [], []
@@ -56,9 +57,15 @@ def _read(files: list[Path], out: Path) -> list[Any]:
         result = read_samples(path)
         samples.extend(result.samples)
         bad.extend(result.quarantined)
-    if bad:
-        console.print(f"[yellow]{len(bad)} unreadable rows[/] → {write_quarantine(quarantine_path(out), bad)}")
-    return samples
+    if quarantine is None and bad:
+        first = bad[0]
+        raise UserError(f"{first.source_file}, line {first.line}: {first.reason} ({len(bad)} unreadable rows); "
+                        f"import the file first (`tuneloop data import {first.source_file} --out clean.jsonl`)")
+    if quarantine is not None:
+        write_quarantine(quarantine, bad)
+        if bad:
+            console.print(f"[yellow]{len(bad)} unreadable rows[/] → {quarantine}")
+    return samples, len(bad)
 
 
 @data_app.command("check")
@@ -68,6 +75,7 @@ def check_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Accepted rows (JSONL); rejected go beside it.")] = Path("checked.jsonl"),
     schema: Annotated[Path | None, typer.Option(help="JSON Schema of the answer (default: task.schema).")] = None,
     license: Annotated[str, typer.Option(help="License of FILES, screened against data.license_allowlist.")] = "internal",
+    force: Force = False,
 ) -> None:
     """Validate rows: prompt and answer present, JSON answer fits the schema, license allowed, token counts.
 
@@ -85,12 +93,14 @@ def check_command(
     sources = [(p, license) for p, *_ in _sources(files, project)] if files else _sources(files, project)
     task_schema = read_json(schema) if schema else (project.schema() if project else None)
     max_tokens = config.max_tokens or (project.config.train.max_length if project else None)
+    guard_outputs([Path(p) for p, *_ in sources], [out, quarantine_path(out)], force)
     count_tokens, counted_with = project_token_counter(project) if project else (approximate_tokens, "approximate")
     result = check_sources(sources, config.license_allowlist, task_schema, count_tokens, max_tokens)
     write_samples(out, result.accepted)
     write_quarantine(quarantine_path(out), result.quarantined)
     console.print(f"{result.rows_in} rows → [green]{len(result.accepted)} accepted[/] → {out}, "
                   f"[yellow]{len(result.quarantined)} quarantined[/] → {quarantine_path(out)}")
+    print_counts(result.rows_in, {"accepted": len(result.accepted), "quarantined": len(result.quarantined)})
     for reason, count in result.reasons().items():
         console.print(f"  {count:>6}  {reason}")
     console.print(f"token counts: {counted_with}; {len(result.over_length)} rows over max_tokens {max_tokens}")
@@ -105,27 +115,39 @@ def check_command(
 def dedup_command(
     files: InputFiles,
     out: Annotated[Path, typer.Option("--out", "-o", help="Rows kept (JSONL).")],
-    removed: Annotated[Path | None, typer.Option(help="Removed duplicates with the id they duplicate (JSONL).")] = None,
+    removed: Annotated[Path | None, typer.Option(help="Removed duplicates, each whole with the id it duplicates "
+                                                       "(default: OUT.removed.jsonl).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Near-duplicate Jaccard (default: data.dedup.threshold).")] = None,
+    force: Force = False,
 ) -> None:
     """Remove exact and near duplicates (MinHash LSH, verified by exact Jaccard), keeping the best copy.
+
+    Every row lands in OUT (kept), OUT.removed.jsonl (a copy of a kept row, with its id), OUT.review.jsonl (a label
+    conflict: the same prompt with other answers, for a person to decide) or OUT.quarantine.jsonl (unreadable).
 
     Example: tuneloop data dedup data/raw/seed.jsonl --out deduped.jsonl --removed duplicates.jsonl
     """
     from tuneloop.data.dedup import dedup
-    from tuneloop.data.formats import write_samples
+    from tuneloop.data.formats import sample_to_dict, write_quarantine, write_samples
 
     _, config = _settings()
     settings = config.dedup.model_copy(update={"threshold": threshold} if threshold is not None else {})
-    samples = _read(files, out)
+    removed = removed or beside(out, "removed")
+    review = beside(out, "review")
+    guard_outputs(files, [out, removed, review, quarantine_path(out)], force)
+    samples, unreadable = _read(files, quarantine_path(out))
     result = dedup(samples, settings)
     write_samples(out, result.kept)
-    if removed:
-        _write_rows(removed, [{"id": r.sample.id, "kept_id": r.kept_id, "kind": r.kind, "similarity": r.similarity}
-                              for r in result.removed])
+    _write_rows(removed, [{"id": r.sample.id, "kept_id": r.kept_id, "kind": r.kind, "similarity": r.similarity,
+                           "sample": sample_to_dict(r.sample)} for r in result.removed])
+    write_quarantine(review, result.review)
     console.print(f"{len(samples)} rows → [green]{len(result.kept)} kept[/] → {out}, "
-                  f"{len(result.removed)} duplicates in {len(result.clusters)} clusters "
-                  f"(cluster sizes: {result.cluster_sizes})")
+                  f"{len(result.removed)} duplicates in {len(result.clusters)} clusters → {removed} "
+                  f"(cluster sizes: {result.cluster_sizes}), {len(result.review)} rows of {len(result.conflicts)} "
+                  f"label conflicts → {review}; {result.sibling_rows} template siblings (other answers) kept in "
+                  f"{len(result.siblings)} families")
+    print_counts(len(samples) + unreadable, {"kept": len(result.kept), "removed": len(result.removed),
+                                             "sent to review": len(result.review), "quarantined": unreadable})
 
 
 @data_app.command("leakage")
@@ -134,6 +156,7 @@ def leakage_command(
     train: Annotated[Path, typer.Option(help="Train rows (JSONL).")],
     eval: Annotated[list[Path], typer.Option("--eval", help="Val/test rows (JSONL); repeat for several.")],
     report: Annotated[Path | None, typer.Option(help="Write every hit pair here (JSONL).")] = None,
+    force: Force = False,
 ) -> None:
     """Find train rows that overlap val/test: exact hash, near-duplicate, prompt/answer n-gram overlap.
 
@@ -144,7 +167,10 @@ def leakage_command(
     from tuneloop.data.leakage import find_leaks
 
     _, config = _settings()
-    found = find_leaks(_read([train], train), {p.stem: _read([p], p) for p in eval}, config.leakage, config.dedup)
+    guard_outputs([train, *eval], [report], force)
+    # a leak may hide in an unreadable row, so any such row stops the check instead of being left out
+    found = find_leaks(_read([train], None)[0], {p.stem: _read([p], None)[0] for p in eval}, config.leakage,
+                       config.dedup)
     if report:
         _write_rows(report, [hit.as_row() for hit in found.hits])
     for hit in found.hits[:20]:
@@ -162,6 +188,7 @@ def redact_command(
     files: InputFiles,
     out: Annotated[Path, typer.Option("--out", "-o", help="Redacted rows (JSONL).")],
     mode: Annotated[str | None, typer.Option(help="placeholder ([PHONE_1]) or fake (default: data.pii.mode).")] = None,
+    force: Force = False,
 ) -> None:
     """Redact personal data: phones, resident IDs, bank cards, e-mails, IPs (JSON answers stay valid JSON).
 
@@ -174,10 +201,12 @@ def redact_command(
     chosen = mode or config.pii.mode
     if chosen not in ("placeholder", "fake"):
         raise UserError(f"--mode {chosen}: use placeholder or fake.")
-    samples = _read(files, out)
+    guard_outputs(files, [out, quarantine_path(out)], force)
+    samples, unreadable = _read(files, quarantine_path(out))
     redacted, counts = redact_samples(samples, chosen, config.pii.extra_patterns)
     write_samples(out, redacted)
     console.print(f"{len(samples)} rows → {out}; redacted: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing found"))
+    print_counts(len(samples) + unreadable, {"redacted rows written": len(redacted), "quarantined": unreadable})
 
 
 @data_app.command("split")
@@ -186,6 +215,7 @@ def split_command(
     files: InputFiles,
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for train/val/test.jsonl.")],
     previous: Annotated[Path | None, typer.Option(help="Earlier round folder whose val/test stay frozen.")] = None,
+    force: Force = False,
 ) -> None:
     """Split by lineage.source_id (variants of one seed stay together); frozen val/test of --previous are kept.
 
@@ -196,21 +226,31 @@ def split_command(
     from tuneloop.records import QuarantinedRow
 
     _, config = _settings()
-    result = split_samples(_read(files, out_dir / "train.jsonl"), config.split, FrozenSplits.from_round(previous))
+    outputs = [out_dir / f"{name}.jsonl" for name in ("train", "val", "test", "held_out", "quarantine")]
+    frozen = sorted(previous.glob("*.jsonl")) if previous is not None and previous.is_dir() else []
+    guard_outputs([*files, *frozen], outputs, force)
+    samples, unreadable = _read(files, out_dir / "quarantine.jsonl")
+    result = split_samples(samples, config.split, FrozenSplits.from_round(previous))
     for name in ("train", "val", "test"):
         write_samples(out_dir / f"{name}.jsonl", result.split(name))
-    held = [QuarantinedRow(source_file="", sample_id=s.id, stage="split", reason=r, raw=s.model_dump(mode="json"))
-            for s, r in result.held_out]
+    held = [QuarantinedRow(source_file=s.meta.source or "", sample_id=s.id, stage="split", reason=r,
+                           raw=s.model_dump(mode="json")) for s, r in result.held_out]
     write_quarantine(out_dir / "held_out.jsonl", held)
     console.print(f"train {len(result.train)}, val {len(result.val)}, test {len(result.test)} → {out_dir}; "
                   f"{len(held)} variants of frozen items held out, {len(result.relabeled)} frozen items relabeled")
+    print_counts(len(samples) + unreadable + result.carried_over,
+                 {"train": len(result.train), "val": len(result.val), "test": len(result.test), "held out": len(held),
+                  "quarantined": unreadable},
+                 f" (the rows in include {result.carried_over} frozen val/test rows carried over from --previous)")
 
 
 @data_app.command("mix")
 @friendly_errors
 def mix_command(
     file: Annotated[Path, typer.Argument(help="Train rows (JSONL).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Train rows after the mix (JSONL).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Train rows after the mix (JSONL); the rows it leaves out "
+                                                            "go to OUT.dropped.jsonl.")],
+    force: Force = False,
 ) -> None:
     """Compare the sample-type mix with data.mix, down-sample over-represented types, pair negatives for DPO.
 
@@ -220,14 +260,20 @@ def mix_command(
     from tuneloop.data.mix import mix
 
     _, config = _settings()
-    result = mix(_read([file], out), config.mix, config.mix_max_drop, config.mix_resample, config.split.seed)
+    dropped = beside(out, "dropped")
+    guard_outputs([file], [out, dropped, quarantine_path(out)], force)
+    samples, unreadable = _read([file], quarantine_path(out))
+    result = mix(samples, config.mix, config.mix_max_drop, config.mix_resample, config.split.seed)
     write_samples(out, result.train)
+    write_samples(dropped, result.dropped)
     for row in result.table():
         console.print(f"  {row['type']:<9} target {row['target']:>5.0%}  before {row['before']:>6} "
                       f"({row['before_share']:.0%})  after {row['after']:>6} ({row['after_share']:.0%})  "
                       f"still needed {row['still_needed']}")
-    console.print(f"{len(result.train)} rows → {out}; {len(result.dropped)} left out by the mix, "
+    console.print(f"{len(result.train)} rows → {out}; {len(result.dropped)} left out by the mix → {dropped}, "
                   f"{result.pairs} DPO pairs from negative twins")
+    print_counts(len(samples) + unreadable, {"kept": len(result.train), "left out by the mix": len(result.dropped),
+                                             "quarantined": unreadable})
 
 
 @data_app.command("gate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,9 +14,54 @@ from tuneloop.cli.common import UserError, console, err_console, find_project, f
 FORMAT_HELP = "auto | alpaca | sharegpt | openai | csv | parquet (auto: from the file name and the first row)."
 
 
+FORCE_HELP = "Replace output files that already exist (an input is never written over)."
+Force = Annotated[bool, typer.Option("--force", help=FORCE_HELP)]
+
+
 def quarantine_path(out: Path) -> Path:
     """OUT.jsonl → OUT.quarantine.jsonl, beside it."""
-    return out.with_name(f"{out.name.removesuffix('.jsonl')}.quarantine.jsonl")
+    return beside(out, "quarantine")
+
+
+def beside(out: Path, kind: str) -> Path:
+    """OUT.jsonl → OUT.<kind>.jsonl, beside it: where a command writes the rows it did not keep."""
+    return out.with_name(f"{out.name.removesuffix('.jsonl')}.{kind}.jsonl")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return a.samefile(b)  # hard links and symlinks too
+    return a.resolve() == b.resolve()
+
+
+def guard_outputs(inputs: Iterable[Path | None], outputs: Iterable[Path | None], force: bool) -> None:
+    """Refuse before anything is written: an output that is an input, one file given for two outputs, or an
+    existing file without --force. Nothing the user brought is modified, and nothing is replaced by surprise."""
+    sources = [Path(p) for p in inputs if p is not None]
+    targets = [Path(p) for p in outputs if p is not None]
+    for target in targets:
+        source = next((s for s in sources if s.is_file() and _same_file(target, s)), None)
+        if source is not None:
+            raise UserError(f"{target}: this output is also an input ({source}); tuneloop never writes over the "
+                            "data it reads: choose another --out")
+    seen: dict[Path, Path] = {}
+    for target in targets:
+        first = seen.setdefault(target.resolve(), target)
+        if first is not target:
+            raise UserError(f"{target}: given for two outputs of one command; give each its own file")
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more of this command's outputs)" if len(existing) > 1 else ""
+        raise UserError(f"{existing[0]} already exists{more}: pass --force to replace it, or choose another --out")
+
+
+def print_counts(rows_in: int, parts: dict[str, int], where: str = "") -> None:
+    """`rows: N in = a accepted + q quarantined + ...`: every data command's count line, which must add up."""
+    if sum(parts.values()) != rows_in:
+        raise RuntimeError(f"row accounting is off: {rows_in} rows in, {parts}; this is a bug in tuneloop, "
+                           "please report it")
+    console.print(f"rows: {rows_in} in = " + " + ".join(f"{n} {name}" for name, n in parts.items()) + where,
+                  highlight=False)
 
 
 def parse_mapping(items: list[str]) -> dict[str, str]:
@@ -37,6 +83,7 @@ def write_result(result, out: Path, label: str) -> None:
     bad = write_quarantine(quarantine_path(out), result.quarantined)
     console.print(f"{label}: {result.total} rows → [green]{len(result.samples)} accepted[/] → {out}, "
                   f"[yellow]{len(result.quarantined)} quarantined[/]" + (f" → {bad}" if result.quarantined else ""))
+    print_counts(result.total, {"accepted": len(result.samples), "quarantined": len(result.quarantined)}, f" ({label})")
 
 
 @data_app.command("import")
@@ -49,6 +96,7 @@ def import_command(
     mapping: Annotated[list[str], typer.Option("--map", help="COLUMN=FIELD, e.g. question=instruction.")] = [],  # noqa: B006
     split: Annotated[str, typer.Option(help="Split of a Hugging Face data set.")] = "train",
     config: Annotated[str | None, typer.Option(help="Configuration (subset) of a Hugging Face data set.")] = None,
+    force: Force = False,
 ) -> None:
     """Import data into tuneloop JSONL; bad rows go to OUT.quarantine.jsonl with file, line and reason.
 
@@ -66,10 +114,12 @@ def import_command(
         if mapping:
             raise UserError("--map applies to files and data set ids; a LLaMA-Factory entry takes its columns "
                             "from dataset_info.json")
-        import_folder(path, out, dataset)
+        import_folder(path, out, dataset, force)
     elif path.is_file():
+        guard_outputs([path], [out, quarantine_path(out)], force)
         write_result(read_file(path, format, columns), out, str(path))
     elif hub.looks_like_hub_id(src):
+        guard_outputs([], [out, quarantine_path(out)], force)
         try:
             result = hub.read_hub(src, split=split, config=config, format=format, columns=columns)
         except hub.HubUnavailable as err:
@@ -79,15 +129,18 @@ def import_command(
         raise UserError(f"{src}: no such file or folder, and not a Hugging Face data set id (owner/name)")
 
 
-def import_folder(folder: Path, out: Path, dataset: str | None) -> None:
+def import_folder(folder: Path, out: Path, dataset: str | None, force: bool = False) -> None:
+    from tuneloop.data.llamafactory import DATASET_INFO, entry_files, read_dataset_info
     from tuneloop.data.llamafactory import import_folder as read_folder
 
     outcomes = read_folder(folder, [dataset] if dataset else None)
     out_dir = out if (out.is_dir() or not out.suffix) else out.parent
+    targets = {o.name: out if dataset else out_dir / f"{o.name}.jsonl" for o in outcomes if o.result is not None}
+    inputs = [folder / DATASET_INFO, *(p for e in read_dataset_info(folder).values() for p in entry_files(folder, e))]
+    guard_outputs(inputs, [p for target in targets.values() for p in (target, quarantine_path(target))], force)
     for outcome in outcomes:
         if outcome.result is not None:
-            target = out if dataset else out_dir / f"{outcome.name}.jsonl"
-            write_result(outcome.result, target, outcome.name)
+            write_result(outcome.result, targets[outcome.name], outcome.name)
     for outcome in outcomes:
         if outcome.status == "missing":
             err_console.print(f"[yellow]missing:[/] {outcome.name}: {outcome.detail}", highlight=False)
@@ -111,6 +164,7 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder (llamafactory) or file (.jsonl, .json, .csv, .parquet).")],
     name: Annotated[str | None, typer.Option(help="dataset_info.json entry name (default: the input's file name).")] = None,
     carry: Annotated[bool, typer.Option(help="Add the tuneloop column (ids, meta, lineage) for lossless re-import.")] = True,
+    force: Force = False,
 ) -> None:
     """Export samples as LLaMA-Factory files plus dataset_info.json, or as one Alpaca/ShareGPT/OpenAI file.
 
@@ -127,12 +181,22 @@ def export_command(
         raise UserError(f"{bad.source_file}, line {bad.line}: {bad.reason}. Import the file first "
                         f"(`tuneloop data import {src} --out clean.jsonl`) and export the clean samples.")
     if to == "llamafactory":
+        from tuneloop.data.llamafactory import DATASET_INFO, entry_names
+        from tuneloop.files import read_json
+
+        names = entry_names(result.samples, name or src.name.split(".")[0])
+        info = out / DATASET_INFO
+        taken = [n for n in names if n in (read_json(info) if info.is_file() else {})]
+        if taken and not force:
+            raise UserError(f"{info} already has the entry {taken[0]}: pass --force to replace it, or give --name")
+        guard_outputs([src], [out / f"{n}.json" for n in names], force)
         entries = export_llamafactory(result.samples, out, name or src.name.split(".")[0], carry=carry)
         for entry, info in entries.items():
             console.print(f"{entry}: {out / info['file_name']} ({info['formatting']}"
                           f"{', ranking' if info.get('ranking') else ''}) sha1 {info['file_sha1'][:12]}")
         console.print(f"{len(result.samples)} samples → {out / 'dataset_info.json'}")
     else:
+        guard_outputs([src], [out], force)
         try:
             path = write_file(out, result.samples, to, carry=carry)
         except ValueError as err:
@@ -163,6 +227,7 @@ def register_command(
     from tuneloop.data.registry import register
 
     path = default_manifest(manifest)
+    guard_outputs(files, [path], force=True)  # the manifest is updated in place; it must not be a registered file
     entry = register(path, name, files)
     for record in entry["files"]:
         rows = "-" if record["rows"] is None else record["rows"]

@@ -130,6 +130,12 @@ def _kind(sample: Sample) -> str:
     return "kto" if "kto_tag" in sample.extras else "sft"
 
 
+def entry_names(samples: Iterable[Sample], name: str) -> list[str]:
+    """The entries `export_llamafactory` writes for these samples: `name`, or one `name_<kind>` per kind present."""
+    kinds = list(dict.fromkeys(_kind(s) for s in samples))
+    return [name] if len(kinds) <= 1 else [f"{name}_{kind}" for kind in kinds]
+
+
 def entry_info(samples: list[Sample], kind: str, file_name: str) -> tuple[str, dict[str, Any]]:
     """The row shape and dataset_info.json entry for a group of samples of one kind (sft, ranking or kto)."""
     shape = "sharegpt" if any("turn_roles" in s.extras for s in samples) else "alpaca"
