@@ -14,6 +14,7 @@ import typer
 
 from tuneloop.cli.apps import app, data_app, sop_app
 from tuneloop.cli.common import UserError, console, find_project, friendly_errors
+from tuneloop.cli.data_io import FORCE_HELP, guard_outputs
 from tuneloop.project import AugmentConfig, Project
 
 
@@ -111,12 +112,13 @@ def augment(
     pools: Path = typer.Option(None, "--pools", help="JSON file of entity pools by answer field (default: augment.pools)."),
     include_variants: bool = typer.Option(False, "--include-variants", help="Also augment rows that are variants already."),
     seed: int = typer.Option(None, "--seed", help="Seed of rule choice and spot-check sampling (default: augment.seed)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Multiply each seed into clone variants that keep its answer contract; violators go to quarantine with reasons.
 
     Example: tuneloop data augment data/raw/seed.jsonl --out data/augmented/seed.variants.jsonl --per-seed 3..5
     """
-    from tuneloop.data.augment import augment_samples, parse_per_seed, spot_check, write_augment_outputs
+    from tuneloop.data.augment import augment_samples, output_paths, parse_per_seed, spot_check, write_augment_outputs
     from tuneloop.data.formats import read_samples
 
     project = find_project(required=False)
@@ -130,6 +132,7 @@ def augment(
         if project is None:
             raise UserError("--out is required outside a project: where should the variants go?")
         out = project.path("data/augmented") / f"{source.name.removesuffix('.jsonl')}.variants.jsonl"
+    guard_outputs([source, pools], output_paths(out).values(), force)
     try:
         bounds = parse_per_seed(per_seed if per_seed is not None else config.per_seed)
     except ValueError as err:
@@ -196,6 +199,7 @@ def synth(
     n: int = typer.Option(200, "--n", min=1, help="Rows to generate before verification."),
     out: Path = typer.Option(Path("data/raw/synth.jsonl"), "--out", help="File of verified rows (relative to the project)."),
     seed: int = typer.Option(0, "--seed", help="Seed of generation."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Generate rows from a declared generator, keep only those that pass its verifier, report the failures.
 
@@ -210,8 +214,9 @@ def synth(
     if not isinstance(declared, SynthSpec):
         raise UserError(f"{spec}: expected a tuneloop.data.synth.SynthSpec, got {type(declared).__name__}.")
     target = out if out.is_absolute() else base / out
-    result = declared.synthesize(n, seed=seed, source=str(target))
     quarantine = target.with_name(f"{target.name.removesuffix('.jsonl')}.quarantine.jsonl")
+    guard_outputs([base / spec.partition(":")[0]], [target, quarantine], force)
+    result = declared.synthesize(n, seed=seed, source=str(target))
     write_samples(target, result.samples)
     write_quarantine(quarantine, result.failures)
     console.print(f"{len(result.samples)} verified rows kept ({', '.join(f'{k} {v}' for k, v in sorted(result.counts.items()))}), "
