@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -65,6 +66,7 @@ def test_same_prompt_two_answers_goes_to_review_and_never_into_a_split(tmp_path)
     review = [json.loads(line) for line in (result.round_dir / "review.jsonl").read_text().splitlines()]
     assert [(r["sample_id"], r["reason"], r["conflicts_with"]) for r in review] == [
         ("u7", "label_conflict", ["second-opinion"]), ("second-opinion", "label_conflict", ["u7"])]
+    assert [(Path(r["source_file"]).name, r["line"]) for r in review] == [("rows.jsonl", 8), ("rows.jsonl", 201)]
     counts = result.counts
     assert counts["sent_to_review"] == 2 and counts["label_conflicts"] == 1 and counts["duplicates_removed"] == 1
     assert_identity(counts)
@@ -88,6 +90,7 @@ def test_a_new_row_with_a_frozen_items_prompt_and_another_answer_goes_to_review(
     review = [json.loads(line) for line in (second.round_dir / "review.jsonl").read_text().splitlines()]
     assert [(r["sample_id"], r["reason"], r["conflicts_with"]) for r in review] == [
         ("rival", "label_conflict", [frozen.id])]
+    assert (Path(review[0]["source_file"]).name, review[0]["line"]) == ("later.jsonl", 200)
     assert not (second.round_dir / "quarantine.jsonl").read_text()  # a conflict, not a variant to quarantine
     where = split_of(second.round_dir)
     assert "rival" not in where and where[frozen.id] == "test"

@@ -163,15 +163,15 @@ def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] |
     # rows that would leak, and template siblings (same frame, other answers), stay on one side of the split
     related = np.concatenate([overlap_pairs(deduped.kept, config.leakage, config.dedup), deduped.sibling_pairs])
     split = split_samples(deduped.kept, config.split, FrozenSplits.from_round(previous), related)
-    review = list(deduped.review)
+    review = [_placed(row, check) for row in deduped.review]
     conflicting = {id(sample): (name, frozen_id) for sample, name, frozen_id in split.conflicts}
     for sample, reason in split.held_out:
         if id(sample) in conflicting:
-            review.append(QuarantinedRow(
+            review.append(_placed(QuarantinedRow(
                 source_file=sample.meta.source or "", sample_id=sample.id, stage="split", reason="label_conflict",
                 raw=sample.model_dump(mode="json"), conflicts_with=[conflicting[id(sample)][1]],
                 fix=f"the prompt of a frozen {conflicting[id(sample)][0]} item (conflicts_with) with another answer: "
-                    "decide which answer is right; a corrected frozen item keeps its id (a relabel)"))
+                    "decide which answer is right; a corrected frozen item keeps its id (a relabel)"), check))
             continue
         quarantine.append(QuarantinedRow(source_file=sample.meta.source or "", sample_id=sample.id, stage="split",
                                          reason=reason, raw=sample.model_dump(mode="json")))
@@ -182,6 +182,12 @@ def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] |
     lap("mix")
     return GateRun(check, dict(redactor.counts), deduped, split, leakage, mixed, quarantine, review, token_source,
                    timings)
+
+
+def _placed(row: QuarantinedRow, check: CheckResult) -> QuarantinedRow:
+    """The row with the file and line it was read from, so a reviewer can fix it at its source."""
+    origin = check.seen_ids.get(row.sample_id or "")
+    return row.model_copy(update={"source_file": origin[1], "line": origin[2]}) if origin else row
 
 
 def counts_of(run: GateRun) -> dict[str, int]:
