@@ -172,7 +172,7 @@ def test_augment_command_with_llm_reads_the_endpoint_from_the_environment(endpoi
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert len(endpoint.requests) - before == 4  # 2 seeds x (paraphrase, scenario)
-    second = CliRunner().invoke(cli, args)
+    second = CliRunner().invoke(cli, [*args, "--force"])  # the same --out again: replacing it is asked for
     assert second.exit_code == 0 and "0 requests sent, 4 answered from the cache" in second.output
     assert len(endpoint.requests) - before == 4
     variants = load_samples(tmp_path / "v.jsonl")
