@@ -13,7 +13,7 @@ import typer
 
 from tuneloop.cli.apps import data_app, rounds_app
 from tuneloop.cli.common import UserError, console, find_project, friendly_errors
-from tuneloop.cli.data_io import Force, beside, guard_outputs, print_counts, quarantine_path
+from tuneloop.cli.data_io import Force, beside, folder_refused, guard_outputs, print_counts, quarantine_path
 
 FILES_HELP = "tuneloop JSONL files (default: data.sources of the project here)."
 InputFiles = Annotated[list[Path], typer.Argument(help="tuneloop JSONL files.")]
@@ -54,6 +54,8 @@ def _read(files: list[Path], quarantine: Path | None) -> tuple[list[Any], int]:
     for path in files:
         if not Path(path).exists():
             raise UserError(f"{path}: no such file; pass tuneloop JSONL files (`tuneloop data import` converts others).")
+        if Path(path).is_dir():
+            raise UserError(folder_refused(Path(path)))
         result = read_samples(path)
         samples.extend(result.samples)
         bad.extend(result.quarantined)

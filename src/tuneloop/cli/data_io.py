@@ -28,6 +28,11 @@ def beside(out: Path, kind: str) -> Path:
     return out.with_name(f"{out.name.removesuffix('.jsonl')}.{kind}.jsonl")
 
 
+def folder_refused(path: Path) -> str:
+    return (f"{path}: a folder, where this command reads files; import a LLaMA-Factory folder first "
+            f"(`tuneloop data import {path} --out FILE.jsonl`)")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return a.samefile(b)  # hard links and symlinks too
@@ -175,6 +180,8 @@ def export_command(
 
     if to not in ("llamafactory", *SHAPES):
         raise UserError(f"--to {to}: use llamafactory, {', '.join(SHAPES)}")
+    if src.is_dir():
+        raise UserError(folder_refused(src))
     result = read_samples(src, stage="export")
     if result.quarantined:
         bad = result.quarantined[0]
