@@ -1,0 +1,80 @@
+"""Loss only where labels are: the LM head runs on the supervised (answer) positions alone, in chunks.
+
+```
+hidden [T, d] ── index_select(answer positions) ──▶ h [n, d]      n ≪ T: prompts get no LM head at all
+h, W_lm [V, d] ── per chunk of rows: logits = h·Wᵀ (fp32 softmax) ──▶ loss sum, correct count, ∂h, ∂W
+```
+The full-vocabulary logits of a chunk live only inside the forward: the gradient is computed there (as Liger's
+fused linear cross-entropy does), so backward is two multiplications by the incoming scale and no [T, V] tensor is
+ever kept. Token accuracy comes from the argmax of the same chunks: no second pass over the vocabulary.
+On a CUDA GPU with liger-kernel installed, its fused kernel does the same in Triton and is used instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOGIT_BYTES_PER_CHUNK = {"cuda": 2**30, "cpu": 2**26}  # fp32 logits held at once: big chunks feed the GPU, small ones stay in CPU cache
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):  # noqa: D102 - autograd protocol
+        grad_hidden = torch.empty_like(hidden)
+        wide = torch.promote_types(hidden.dtype, torch.float32)
+        grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if ctx.needs_input_grad[1] else None
+        loss = torch.zeros((), dtype=wide, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = h @ weight.t()
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # softmax in fp32 at least
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            correct += (logits.argmax(dim=-1) == t).sum()
+            # ∂loss/∂logits = softmax − one-hot, built in place over the logits buffer
+            logits.sub_(lse[:, None]).exp_()
+            logits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+            grad_logits = logits.to(h.dtype)
+            grad_hidden[start:start + chunk] = grad_logits @ weight
+            if grad_weight is not None:
+                if h.dtype == grad_weight.dtype:
+                    grad_weight.addmm_(grad_logits.t(), h)
+                else:  # bf16 product on the matrix units, summed over chunks in fp32
+                    grad_weight.add_(grad_logits.t() @ h)
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_correct):  # noqa: D102
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_loss.to(grad_hidden.dtype)
+        return grad_hidden * scale, (grad_weight * scale if grad_weight is not None else None), None, None
+
+
+def chunk_rows(vocab: int, device: torch.device) -> int:
+    return max(64, LOGIT_BYTES_PER_CHUNK.get(device.type, 2**26) // (4 * vocab))
+
+
+def liger_loss():
+    """Liger's fused linear cross-entropy (sum, with token accuracy), or None where it is not installed."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum", return_token_accuracy=True)
+
+
+def answer_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, fused=None):
+    """(summed cross-entropy, correct-token count) of `hidden` [n, d] against `targets` [n] through `lm_head`."""
+    weight, bias = getattr(lm_head, "weight", None), getattr(lm_head, "bias", None)
+    if not isinstance(lm_head, torch.nn.Linear) or bias is not None:
+        # an adapted or biased head: plain autograd on the answer rows (still never the prompt rows)
+        logits = lm_head(hidden).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        return loss, (logits.detach().argmax(-1) == targets).sum()
+    if fused is not None and hidden.is_cuda:
+        out = fused(weight, hidden, targets)
+        return out.loss, (out.token_accuracy * targets.shape[0]).round().long()
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_rows(weight.shape[0], hidden.device))
