@@ -227,3 +227,30 @@ def check_identity(tmp_path: Path, command: str, result, rows_in: int, out: Path
         assert rows_of(path) == parts[name], (name, path)
     if command in ("import", "dedup", "mix", "redact", "check"):
         assert len(read_samples(written[next(iter(written))]).samples) == parts[next(iter(written))]
+
+
+def test_a_project_whose_source_is_a_llamafactory_entry_checks_and_gates_every_row(tmp_path, monkeypatch, llamafactory_folder):
+    """The folder shape through the commands that read it: a project's `data.sources` entry with `dataset:`."""
+    import shutil
+
+    from tuneloop.project import DataConfig, ProjectConfig, SourceConfig, dump_config
+
+    folder = tmp_path / "lf"
+    shutil.copytree(llamafactory_folder, folder)
+    rows = json.loads((folder / "orders_alpaca.json").read_text(encoding="utf-8"))
+    rows[1]["output"] = ""  # rejected by the check: it must cite this row's real line in the pretty-printed file
+    (folder / "orders_alpaca.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
+    sources = [SourceConfig(path=str(folder), dataset=name, license="internal")
+               for name in ("orders_alpaca", "support_sharegpt", "answers_ranking", "labels_kto")]
+    (tmp_path / "tuneloop.yaml").write_text(dump_config(ProjectConfig(data=DataConfig(sources=sources))), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    checked = invoke(["data", "check", "--out", "checked.jsonl"])
+    [(total, parts)] = counted(checked.output)
+    assert total == 3 + 2 + 2 + 2 and parts == {"accepted": total - 1, "quarantined": 1}
+    [bad] = [json.loads(line) for line in (tmp_path / "checked.quarantine.jsonl").read_text().splitlines()]
+    text_lines = (folder / "orders_alpaca.json").read_text(encoding="utf-8").split("\n")
+    assert bad["source_file"] == str(folder / "orders_alpaca.json") and text_lines[bad["line"] - 1] == "  {"
+    assert text_lines[bad["line"] + 2].strip() == '"output": "",'  # the row that begins there is the empty one
+    gated = invoke(["data", "gate", "--no-tokenizer"])
+    [round_dir] = list((tmp_path / "data" / "rounds").iterdir())
+    assert read_json(round_dir / "manifest.json")["counts"]["rows_in"] == total, gated.output
