@@ -11,7 +11,8 @@ from tuneloop import models
 from tuneloop.cli.main import app
 
 
-def test_resolve_model_keeps_hub_ids_and_resolves_folders(tmp_path, tiny_model_dir):
+def test_resolve_model_keeps_hub_ids_and_resolves_folders(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(models, "hub_unavailable_reason", lambda: None)  # a hub that answers: the id goes through
     assert models.resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     assert models.resolve_model(str(tiny_model_dir)) == str(tiny_model_dir.resolve())
     with pytest.raises(models.ModelError, match="config.json"):

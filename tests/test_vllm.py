@@ -63,7 +63,7 @@ def test_smoke_fails_loudly_when_the_server_ignores_the_schema(tmp_path):
 
 
 def test_health_wait_gives_up_with_advice():
-    with pytest.raises(VLLMError, match="raise --timeout"):
+    with pytest.raises(VLLMError, match="take longer to load"):
         wait_for_models("http://127.0.0.1:9/v1", timeout_s=1.5)
 
 

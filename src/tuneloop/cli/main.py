@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from tuneloop.cli.apps import app
+from tuneloop.cli.common import guard_commands
 
 COMMAND_MODULES = (
     "tuneloop.cli.models",
@@ -19,6 +20,7 @@ COMMAND_MODULES = (
 
 for module in COMMAND_MODULES:
     importlib.import_module(module)
+guard_commands(app)
 
 
 def main() -> None:

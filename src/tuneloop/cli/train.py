@@ -68,6 +68,8 @@ def sft(
                                  help="If val loss oscillates, train again with the suggested learning rate (5e-5)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over instead of resuming from the last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    engine: str = typer.Option(None, "--engine", help="tuneloop (default: its own SFT step) | trl (TRL's SFTTrainer)."),
+    compile_step: str = typer.Option(None, "--compile", help="auto | on | off: torch.compile the decoder layers."),
 ) -> None:
     """Supervised fine-tuning (LoRA, QLoRA or full) with packing, early stopping, resume and a run card.
 
@@ -78,7 +80,8 @@ def sft(
     if config_file is not None:
         base = load_config(config_file).train
     settings = _settings(base, {"method": method, "max_steps": max_steps, "epochs": epochs, "learning_rate": lr,
-                                "max_length": max_length, "packing": False if no_packing else None})
+                                "max_length": max_length, "packing": False if no_packing else None,
+                                "engine": engine, "compile": compile_step})
     train, val, out, model, system = _paths(train, val, out, project_dir, model, settings)
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
         from tuneloop.train.sft import launch_command
@@ -120,7 +123,8 @@ def _report(result: Any) -> None:
 @app.command("plan")
 @friendly_errors
 def plan(
-    model: str = typer.Option("default", "--model", help="HF id, local folder or 'default'; only its config is read."),
+    model: str = typer.Option("default", "--model", help="HF id, local folder or 'default'; only its config is read "
+                              "(common Qwen/Llama/Mistral/Gemma/SmolLM2 configs ship with tuneloop: no network)."),
     method: str = typer.Option("lora", "--method", help="lora | qlora | full."),
     seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per row."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs to spread over (FSDP shards full fine-tuning states)."),
@@ -153,6 +157,9 @@ def plan(
     table.add_row("[bold]total (gradient checkpointing)[/]", f"[bold]{result.total_checkpointed_gib:.2f}[/]")
     console.print(table)
     console.print(f"recommendation: {result.recommendation}", highlight=False)
+    console.print(f"config: {result.shape.source}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 @export_app.command("llamafactory")

@@ -6,9 +6,7 @@ the license alone in `meta.license`, so the license allow-list of the quality ga
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +27,11 @@ def looks_like_hub_id(source: str) -> bool:
     return not Path(source).exists() and bool(HUB_ID.match(source)) and "/" in source
 
 
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def hub_reachable() -> bool:
+    """Whether the hub answers now (tuneloop.models decides once for models and data sets alike, failing fast)."""
+    from tuneloop.models import hub_unavailable_reason
+
+    return hub_unavailable_reason() is None
 
 
 def source_label(dataset_id: str, config: str | None, split: str, license_name: str | None, fields: list[str]) -> str:

@@ -108,7 +108,7 @@ def wait_for_models(base_url: str, timeout_s: float = 600.0, process: subprocess
             last_error = str(err)
         time.sleep(1.0)
     raise VLLMError(f"{base_url}/models did not answer within {timeout_s:.0f} s ({last_error}); "
-                    "raise --timeout for large models.")
+                    "read vLLM's log above; a large model can take longer to load than this wait.")
 
 
 def smoke_test(base_url: str, model: str, schema: dict[str, Any] | None = None, api_key: str | None = None,

@@ -139,7 +139,7 @@ class TraceStore:
         with self._lock:
             row = self._db.execute(f"SELECT {','.join(_TRACE_COLUMNS)} FROM traces WHERE id=?", (trace_id,)).fetchone()
         if row is None:
-            raise TraceStoreError(f"{self.path}: no trace with id {trace_id!r}; list ids with `tuneloop traces list`.")
+            raise TraceStoreError(f"{self.path}: no trace with id {trace_id!r} in this store; check the id and the store path.")
         return _to_trace(row)
 
     def traces(self, arm: str | None = None, since: float | None = None, limit: int | None = None) -> list[Trace]:

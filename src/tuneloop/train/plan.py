@@ -10,6 +10,10 @@ per GPU =  weights            full: 2 B/param (bf16)       lora: 2 B/param      
         +  LM head            tokens × hidden × 8 (fp32 hidden grad; the fused head never builds full logits)
 full fine-tuning on N GPUs shards weights, gradients and optimizer states N ways (FSDP2); LoRA replicates (DDP).
 ```
+The shape comes from the model's config.json: a local folder's, the hub's, or, for the common families at the sizes
+teams fine-tune (Qwen2.5, Qwen3, Llama 3.x, Mistral 7B, Gemma 2/3, SmolLM2; `model_configs/*.json`, each citing
+its source), the published config shipped with tuneloop, so planning needs no network.
+
 The bytes per token per layer count what autograd keeps for a Llama/Qwen-style block in bf16: the two RMSNorms
 (fp32 inside), q/k/v before and after rotary, the attention output, the MLP's gate/up/act/product, and with LoRA
 the dropout copies of each adapted layer's input.
@@ -17,14 +21,20 @@ the dropout copies of each adapted layer's input.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 GIB = 2**30
 CARDS = ((24, "one 24 GB card (RTX 4090 / L4 / A10-class)"), (48, "one 48 GB card (L40S / A6000)"),
          (80, "one 80 GB card (A100 / H100)"), (141, "one 141 GB H200"))
 HEADROOM = 0.9  # leave 10 % for the CUDA context, allocator fragmentation and spikes
+CONFIG_DIR = Path(__file__).with_name("model_configs")
 
 
 @dataclass
@@ -38,6 +48,8 @@ class ModelShape:
     head_dim: int
     intermediate: int
     tied: bool
+    source: str = ""  # where the config came from: a config.json path, a hub id, or a shipped config's URL
+    max_positions: int | None = None
 
     @property
     def kv_dim(self) -> int:
@@ -59,24 +71,83 @@ class ModelShape:
         return self.layers * sum(rank * (i + o) for i, o in pairs)
 
 
-def shape_from_config(config: Any, name: str = "") -> ModelShape:
+def shape_from_config(config: Any, name: str = "", source: str = "") -> ModelShape:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     return ModelShape(name=name or getattr(text, "_name_or_path", ""), vocab=text.vocab_size, hidden=text.hidden_size,
                       layers=text.num_hidden_layers, heads=heads, kv_heads=getattr(text, "num_key_value_heads", None) or heads,
                       head_dim=head_dim, intermediate=text.intermediate_size,
-                      tied=bool(getattr(text, "tie_word_embeddings", False)))
+                      tied=bool(getattr(text, "tie_word_embeddings", False)), source=source,
+                      max_positions=getattr(text, "max_position_embeddings", None))
+
+
+@functools.cache
+def shipped_configs() -> dict[str, dict[str, Any]]:
+    """The configs shipped in model_configs/, by lower-cased hub id (each file lists the ids that share it)."""
+    table: dict[str, dict[str, Any]] = {}
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        config = json.loads(path.read_text(encoding="utf-8"))
+        for model_id in config["ids"]:
+            table[model_id.lower()] = config
+    return table
+
+
+def shipped_shape(model: str) -> ModelShape | None:
+    """The shape of a model whose published config ships with tuneloop (hub ids match case-insensitively)."""
+    config = shipped_configs().get(model.lower())
+    if config is None:
+        return None
+    return shape_from_config(SimpleNamespace(**config), source=config["source"], name=model)
+
+
+def shipped_families() -> str:
+    """The shipped configs by family, e.g. `qwen2.5 0.5b/1.5b/3b`, for error messages."""
+    sizes: dict[str, list[str]] = {}
+    for path in sorted(CONFIG_DIR.glob("*.json"), key=lambda p: _size_key(p.stem)):
+        family, size = _family_and_size(path.stem)
+        sizes.setdefault(family, []).append(size)
+    listed = ", ".join(f"{family} {'/'.join(found)}" for family, found in sorted(sizes.items()))
+    return f"{listed} (base and instruct ids, e.g. Qwen/Qwen2.5-7B-Instruct)"
+
+
+def _family_and_size(stem: str) -> tuple[str, str]:
+    match = re.match(r"^(.*?)-(\d+(?:\.\d+)?[bm])(.*)$", stem)
+    return (match.group(1), match.group(2) + match.group(3)) if match else (stem, "")
+
+
+def _size_key(stem: str) -> float:
+    size = _family_and_size(stem)[1]
+    number = re.match(r"[\d.]+", size)
+    return float(number.group()) * (1e-3 if size[len(number.group()):].startswith("m") else 1) if number else 0.0
 
 
 def read_shape(model: str) -> ModelShape:
-    """The model's shape from its config.json only (`default`, a local folder, or a hub id already cached/online)."""
+    """The model's shape from its config only: a local folder, `default` or a shipped id (offline), or the hub.
+
+    A hub id that is neither shipped nor cached fails at once when the hub cannot be reached (models.resolve_model).
+    """
+    from tuneloop.models import DEFAULT_HUB_ID, DEFAULT_NAME, ModelError, resolve_model
+
+    folder = Path(model).expanduser()
+    if not folder.exists():
+        shipped = shipped_shape(DEFAULT_HUB_ID if model == DEFAULT_NAME else model)
+        if shipped is not None:
+            shipped.name = model
+            return shipped
+    try:
+        path = resolve_model(model, pull=False)
+    except ModelError as err:
+        if folder.exists() or model == DEFAULT_NAME:
+            raise
+        raise ModelError(f"{err} Offline, `tuneloop plan` knows: {shipped_families()}.") from None
+    adapter = Path(path) / "adapter_config.json"
+    if not (Path(path) / "config.json").exists() and adapter.exists():  # a LoRA run folder: plan its base model
+        return read_shape(json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"])
     from transformers import AutoConfig
 
-    from tuneloop.models import resolve_model
-
-    path = resolve_model(model)
-    return shape_from_config(AutoConfig.from_pretrained(path), name=model)
+    source = str(Path(path) / "config.json") if Path(path).exists() else f"hub: {path}"
+    return shape_from_config(AutoConfig.from_pretrained(path), name=model, source=source)
 
 
 def activation_bytes_per_token_layer(shape: ModelShape, method: str) -> float:
@@ -99,6 +170,7 @@ class Plan:
     parts: dict[str, float] = field(default_factory=dict)  # GiB per GPU
     checkpointed_activations_gib: float = 0.0
     recommendation: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def params_b(self) -> float:
@@ -117,7 +189,8 @@ class Plan:
                 "seq_len": self.seq_len, "batch": self.batch, "gpus": self.gpus,
                 "parts_gib": {k: round(v, 3) for k, v in self.parts.items()},
                 "total_gib": round(self.total_gib, 2), "total_checkpointed_gib": round(self.total_checkpointed_gib, 2),
-                "recommendation": self.recommendation}
+                "recommendation": self.recommendation, "config_source": self.shape.source,
+                "warnings": self.warnings}
 
 
 def estimate(shape: ModelShape, method: str, seq_len: int, batch: int = 1, gpus: int = 1, lora_rank: int = 16) -> Plan:
@@ -141,6 +214,9 @@ def estimate(shape: ModelShape, method: str, seq_len: int, batch: int = 1, gpus:
     }
     plan.checkpointed_activations_gib = tokens * (shape.layers * 2 * shape.hidden + per_layer) / GIB
     plan.recommendation = recommend(plan)
+    if shape.max_positions and seq_len > shape.max_positions:
+        plan.warnings.append(f"--seq-len {seq_len} is longer than the model's max_position_embeddings "
+                             f"({shape.max_positions}); it was not trained on rows that long.")
     return plan
 
 
