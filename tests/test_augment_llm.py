@@ -40,7 +40,8 @@ class FakeEndpoint:
             self.requests.append(body)
             if self.fail_first.get(body["model"], 0) > 0:
                 self.fail_first[body["model"]] -= 1
-                return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+                # a short Retry-After keeps the openai client's own backoff fast in tests
+                return JSONResponse({"error": {"message": "overloaded"}}, status_code=503, headers={"retry-after-ms": "5"})
         if body["model"] == "slow":  # held open a moment so concurrent requests overlap
             with self._lock:
                 self.in_flight += 1
@@ -91,7 +92,7 @@ def seeds() -> list[Sample]:
 
 def client_for(endpoint, tmp_path, model="rewriter", **kwargs) -> LLMClient:
     return LLMClient(base_url=endpoint.base_url, model=model, api_key="test", cache_path=tmp_path / "cache.sqlite",
-                     backoff_s=0.01, **kwargs)
+                     **kwargs)
 
 
 def test_llm_variants_keep_the_contract_and_the_cache_prevents_a_second_call(endpoint, tmp_path):
@@ -135,8 +136,10 @@ def test_server_errors_are_retried_with_backoff(endpoint, tmp_path):
 def test_a_request_that_keeps_failing_names_the_endpoint(endpoint, tmp_path):
     endpoint.fail_first["down"] = 10
     client = client_for(endpoint, tmp_path, model="down", max_retries=1)
-    with pytest.raises(LLMError, match="no answer after 2 attempts"):
+    before = len(endpoint.requests)
+    with pytest.raises(LLMError, match=r"127\.0\.0\.1.*'down'.*still 503 after 1 retries"):
         client.complete([{"role": "user", "content": "x"}])
+    assert len(endpoint.requests) - before == 2  # the openai client's one retry, then the error
 
 
 def test_concurrency_is_bounded_and_results_keep_their_order(endpoint, tmp_path):

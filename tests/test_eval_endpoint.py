@@ -63,7 +63,7 @@ def echo_server():
 
 def test_endpoint_answers_in_order_with_concurrency_tokens_and_finish_reason(echo_server):
     url, state = echo_server
-    backend = EndpointBackend(url, "m", concurrency=4, backoff_s=0.01)
+    backend = EndpointBackend(url, "m", concurrency=4)
     prompts = [f"p{i}" for i in range(12)] + ["long"]
     generations = backend.generate_chats([[{"role": "user", "content": p}] for p in prompts])
     assert [json.loads(g.text)["echo"] for g in generations] == prompts
@@ -75,7 +75,7 @@ def test_endpoint_answers_in_order_with_concurrency_tokens_and_finish_reason(ech
 
 def test_endpoint_retries_transient_errors_with_backoff_but_not_bad_requests(echo_server):
     url, state = echo_server
-    backend = EndpointBackend(url, "m", concurrency=2, max_retries=3, backoff_s=0.01)
+    backend = EndpointBackend(url, "m", concurrency=2, max_retries=3)
     flaky, bad = backend.generate_chats([[{"role": "user", "content": "flaky one"}], [{"role": "user", "content": "bad request"}]])
     assert json.loads(flaky.text) == {"echo": "flaky one"} and flaky.error is None
     assert state["failures"]["flaky one"] == 1

@@ -52,11 +52,13 @@ def test_key_order_and_whitespace_do_not_break_exact_match():
     ('Sure! ```json\n{"intent": "refund", "order_id": "A12345", "customer": {"name": "Li Wei"}}``` Done.',
      ["prefix", "code_fence", "suffix"]),
 ])
-def test_noise_around_the_json_is_named_and_fails_strict_parsing_but_not_the_fields(raw, kinds):
+def test_noise_around_the_json_is_named_scores_zero_strict_and_right_lenient(raw, kinds):
     s = score(raw)
     assert s["noise"] == kinds and not s["clean"]
     assert not s["json_valid"] and s["schema_valid"] is False and not s["ok"]
-    assert s["field_normalized"] == 1.0  # the content is right; only the wrapping is wrong
+    assert s["field_normalized"] == s["field_exact"] == 0.0  # a program parsing this answer gets nothing
+    assert s["field_normalized_lenient"] == 1.0  # the content is right; only the wrapping is wrong
+    assert all(not ok for _exact, ok in s["fields"].values()) and all(ok for _e, ok in s["fields_lenient"].values())
     assert any(k.startswith("noise:") for k in failure_kinds(s))
 
 
@@ -78,10 +80,39 @@ def test_normalized_accuracy_forgives_case_width_spacing_and_number_format_but_e
     assert not any(exact for exact, _normalized in scores.values())
 
 
-def test_null_is_handled_missing_key_equals_null_but_no_json_at_all_scores_zero():
-    assert field_scores({"a": None, "b": 1}, {"b": 1}) == {"a": [True, True], "b": [True, True]}
+def test_a_missing_key_equals_an_expected_null_only_where_the_schema_makes_it_optional():
+    optional_a = {"type": "object", "properties": {"a": {}, "b": {}}, "required": ["b"]}
+    required_a = {"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a", "b"]}
+    assert field_scores({"a": None, "b": 1}, {"b": 1}, optional_a) == {"a": [True, True], "b": [True, True]}
+    assert field_scores({"a": None, "b": 1}, {"b": 1}, required_a) == {"a": [False, False], "b": [True, True]}
+    assert field_scores({"a": None, "b": 1}, {"b": 1}) == {"a": [False, False], "b": [True, True]}  # no schema: nothing optional
+    assert field_scores({"a": "x"}, {}, optional_a) == {"a": [False, False]}  # optional, but a value was expected
     assert field_scores({"a": None}, {"a": "null"}) == {"a": [False, True]}
     assert field_scores({"a": None, "b": 1}, MISSING) == {"a": [False, False], "b": [False, False]}
+
+
+def test_nested_and_combined_schemas_decide_optional_keys_at_the_level_they_are_missing():
+    schema = {"anyOf": [{"type": "object", "properties": {"c": {"type": "object", "properties": {"n": {}, "m": {}},
+                                                                   "required": ["m"]}},
+                         "required": ["c"]}, {"type": "null"}]}
+    expected = {"c": {"n": None, "m": None}}
+    assert field_scores(expected, {"c": {}}, schema) == {"c.n": [True, True], "c.m": [False, False]}
+    assert field_scores(expected, {}, schema) == {"c.n": [False, False], "c.m": [False, False]}  # c itself is required
+    assert field_scores({"l": [None, None]}, {"l": [None]}, {"properties": {"l": {"items": {}}}}) == \
+        {"l.0": [True, True], "l.1": [False, False]}  # a missing list item is never optional
+
+
+def test_an_answer_that_is_not_json_earns_no_field_accuracy():
+    """The zero-shot failure: prose with a fragment of JSON, every other key missing and expected null."""
+    sparse = {"intent": "refund", "order_id": None, "urgency": None, "customer": None}
+    schema = {"type": "object", "properties": {k: {} for k in sparse}, "required": list(sparse)}
+    sample = Sample(id="z", instruction="Extract the ticket as JSON.", input="refund please", output=sparse)
+    s = score_answer(sample, 'Sure! The intent is {"intent": "other"}, hope that helps.', "stop",
+                     Draft202012Validator(schema))
+    assert not s["json_valid"] and s["field_normalized"] == 0.0
+    assert s["field_normalized_lenient"] == 0.0  # required keys missing are wrong even where null was expected
+    summary = summarize([s])
+    assert summary["field_accuracy"] == 0.0 and summary["field_accuracy_lenient"] == 0.0
 
 
 def test_an_answer_with_no_json_at_all_fails_everything_json():
@@ -137,10 +168,12 @@ def test_summary_reports_micro_and_macro_field_accuracy_and_noise_kinds():
     summary = summarize(scores)
     assert summary["n"] == 2 and summary["json_valid"] == 0.5 and summary["ok"] == 0.5
     assert summary["noise_rate"] == 0.5 and summary["noise_kinds"]["prefix"] == 1
-    # fields: intent 2/2, order_id 1/2, urgency 2/2, customer.name 1/2 → micro 6/8, macro (1 + .5 + 1 + .5) / 4
-    assert summary["field_accuracy_normalized_micro"] == pytest.approx(6 / 8)
-    assert summary["field_accuracy_normalized_macro"] == pytest.approx(0.75)
+    # strict: the wrapped answer earns no field, so every field is 1/2 → micro 4/8, macro 0.5
+    assert summary["field_accuracy_normalized_micro"] == summary["field_accuracy"] == pytest.approx(4 / 8)
+    assert summary["field_accuracy_normalized_macro"] == pytest.approx(0.5)
     assert summary["per_field"]["order_id"]["normalized"] == 0.5
+    # lenient, through the noise: intent 2/2, order_id 1/2, urgency 2/2 (optional, null), customer.name 1/2 → 6/8
+    assert summary["field_accuracy_lenient"] == pytest.approx(6 / 8)
     assert summary["truncated"] == 0.0
 
 

@@ -69,7 +69,8 @@ def test_run_eval_writes_results_summary_review_queue_and_report(tiny_model_dir,
     test_file = write_samples(tmp_path / "test.jsonl", tickets())
     with open(test_file, "a", encoding="utf-8") as handle:
         handle.write("{broken\n")
-    settings = EvalConfig(max_new_tokens=6, batch_size=4, constrained=True)
+    # constrained answers need room to close (the schema's shortest answer is 11 tokens): fewer is refused
+    settings = EvalConfig(max_new_tokens=16, batch_size=4, constrained=True)
     summary = run_eval(str(tiny_model_dir), test_file, tmp_path / "ev", SCHEMA, settings, default_system="Be brief.",
                        progress=False)
     assert set(summary["modes"]) == {"unconstrained", "constrained"}
@@ -119,7 +120,8 @@ def test_compare_finds_a_significant_regression_per_metric_slice_and_field(befor
     assert metrics["json_valid"]["worse"] == 6 and metrics["json_valid"]["better"] == 0
     assert metrics["json_valid"]["p_value"] == pytest.approx(2 / 2 ** 6)
     assert metrics["ok"]["verdict"] == "worse" and metrics["ok"]["delta"] == pytest.approx(-12 / 30)
-    assert metrics["field_accuracy"]["delta"] == pytest.approx(-6 / 30) and metrics["field_accuracy"]["ci_high"] < 0
+    # strict field accuracy: the 6 wrapped answers earn no field, the 6 wrong ones lose their one field
+    assert metrics["field_accuracy"]["delta"] == pytest.approx(-12 / 30) and metrics["field_accuracy"]["ci_high"] < 0
     slice_values = {(r["slice"], r["value"]) for rows in comparison["modes"]["unconstrained"]["slices"].values() for r in rows}
     assert {("task_type", "extraction"), ("task_type", "triage"), ("source", "seed"), ("difficulty", "unset"),
             ("sample_type", "golden")} <= slice_values
@@ -203,3 +205,49 @@ def test_run_eval_loads_a_lora_adapter_folder_onto_its_base(tiny_model_dir, tmp_
     summary = run_eval(str(tmp_path / "adapter"), test_file, tmp_path / "ev", None, EvalConfig(max_new_tokens=4), progress=False)
     assert summary["modes"]["unconstrained"]["n"] == 2
     assert summary["model"].endswith("adapter")
+
+
+def test_a_killed_local_eval_resumes_without_redoing_finished_batches(tiny_model_dir, tmp_path, monkeypatch):
+    test_file = write_samples(tmp_path / "test.jsonl", tickets(6))
+    settings = EvalConfig(max_new_tokens=6, batch_size=2)
+    full = run_eval(str(tiny_model_dir), test_file, tmp_path / "full", SCHEMA, settings, progress=False)
+    assert full["max_tokens"] == 6 and full["resumed"] == 0
+    generated: list[int] = []
+    original = LocalBackend.generate
+
+    def killed_on_the_second_batch(self, prompts, *args, **kwargs):
+        generated.append(len(prompts))
+        if len(generated) == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(LocalBackend, "generate", killed_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(str(tiny_model_dir), test_file, tmp_path / "ev", SCHEMA, settings, progress=False)
+    assert len((tmp_path / "ev" / "answers.jsonl").read_text().splitlines()) == 2  # the first batch was kept
+    generated.clear()
+    monkeypatch.setattr(LocalBackend, "generate", lambda self, prompts, *a, **k: generated.append(len(prompts)) or
+                        original(self, prompts, *a, **k))
+    resumed = run_eval(str(tiny_model_dir), test_file, tmp_path / "ev", SCHEMA, settings, progress=False)
+    assert resumed["resumed"] == 2 and sum(generated) == 4  # only the samples the killed run had not finished
+    answers = lambda folder: {r["sample_id"]: r["raw"] for r in map(json.loads, (folder / "results.jsonl").read_text().splitlines())}
+    assert answers(tmp_path / "ev") == answers(tmp_path / "full")
+    generated.clear()
+    changed = run_eval(str(tiny_model_dir), test_file, tmp_path / "ev", SCHEMA, settings.model_copy(update={"max_new_tokens": 5}),
+                       progress=False)
+    assert changed["resumed"] == 0 and sum(generated) == 6  # another setting: nothing reused
+
+
+def test_max_tokens_is_derived_from_the_longest_reference_answer_and_explained(tiny_model_dir, tmp_path):
+    from tuneloop.models import load_causal_lm
+
+    samples = tickets(3)
+    samples[1] = samples[1].model_copy(update={"output": json.dumps({"intent": "refund " * 40})})
+    test_file = write_samples(tmp_path / "test.jsonl", samples)
+    summary = run_eval(str(tiny_model_dir), test_file, tmp_path / "ev", None, EvalConfig(batch_size=3), progress=False)
+    _model, tokenizer = load_causal_lm(tiny_model_dir, device="cpu")
+    longest = max(len(tokenizer(s.output, add_special_tokens=False)["input_ids"]) for s in samples)
+    assert summary["max_tokens"] == longest + max(32, (longest + 1) // 2)
+    assert summary["max_tokens_reason"].startswith(f"longest reference answer {longest} tokens + margin")
+    assert all(r["completion_tokens"] <= summary["max_tokens"]
+               for r in map(json.loads, (tmp_path / "ev" / "results.jsonl").read_text().splitlines()))

@@ -136,10 +136,12 @@ class EvalGate(Section):
         description="Binary metrics the candidate must not be significantly worse on than the baseline (McNemar).",
     )
     mode: Literal["unconstrained", "constrained"] = Field("unconstrained", description="Which eval mode is gated.")
+    max_errors: int = Field(0, ge=0, description="Failed requests (answers or judge) a gated run may have; more fail it.")
 
 
 class EvalConfig(Section):
-    max_new_tokens: int = Field(256, description="Longest answer generated.")
+    max_new_tokens: int | None = Field(
+        None, description="Longest answer generated (None: the longest reference answer + half again, at least 32).")
     batch_size: int = Field(16, description="Prompts per generation batch (local backend).")
     constrained: bool = Field(False, description="Also run with schema-constrained decoding.")
     max_samples: int | None = Field(None, description="Evaluate at most this many test samples.")

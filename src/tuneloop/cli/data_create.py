@@ -94,8 +94,7 @@ def llm_rewrites(config: AugmentConfig, base: Path, seeds: list[Any], per_seed: 
     client = LLMClient(base_url=llm.base_url, model=llm.model, api_key=os.environ.get(llm.api_key_env),
                        cache_path=base / llm.cache, concurrency=llm.concurrency, max_retries=llm.max_retries)
     keep = [rule_context(s, {}).protected for s in seeds]
-    with console.status(f"asking {client.model} for rewrites of {len(seeds)} seeds"):
-        results = request_rewrites(client, seeds, keep, n=per_seed, temperature=llm.temperature)
+    results = request_rewrites(client, seeds, keep, n=per_seed, temperature=llm.temperature, progress=True)
     stats = client.stats
     console.print(f"LLM: {stats.called} requests sent, {stats.cached} answered from the cache, {stats.retries} retries")
     return {r.seed_id: r for r in results}
@@ -147,7 +146,7 @@ def augment(
     run_seed = config.seed if seed is None else seed
     try:
         result = augment_samples(seeds, per_seed=bounds, rules=rule_names, pools=entity_pools, seed=run_seed,
-                                 rewrites=rewrites, source_file=str(source))
+                                 rewrites=rewrites, source_file=str(source), progress=True)
     except ValueError as err:
         raise UserError(str(err)) from None
     result.quarantined = read.quarantined + result.quarantined

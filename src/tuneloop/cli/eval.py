@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +11,33 @@ from rich.table import Table
 
 from tuneloop.cli.apps import eval_app
 from tuneloop.cli.common import UserError, console, err_console, find_project, friendly_errors
+from tuneloop.records import content_hash
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name or text).strip("-")[:40] or "model"
 
 
+COUNT_ROWS = ("n", "errors", "judge_errors", "constraint_failures")
+RATE_ROWS = ("ok", "json_valid", "schema_valid", "field_accuracy", "field_accuracy_lenient", "exact_match", "noise_rate",
+             "refusal_ok", "truncated", "judge_mean")
+
+
 def _rates_table(modes: dict[str, Any]) -> Table:
+    """Counts (answers scored, failed requests) then rates; field_accuracy is strict, _lenient reads through noise."""
     table = Table("metric", *modes)
-    for metric in ("ok", "json_valid", "schema_valid", "field_accuracy", "exact_match", "noise_rate", "refusal_ok", "truncated"):
+    for metric in COUNT_ROWS:
         values = [modes[m].get(metric) for m in modes]
+        if metric == "judge_errors" and all(v in (None, 0) for v in values) and all(modes[m].get("judge_mean") is None for m in modes):
+            continue
+        if metric == "constraint_failures" and "constrained" not in modes:
+            continue
+        style = "bold red" if metric != "n" and any(values) else ""
+        table.add_row(metric, *(f"[{style}]{v}[/]" if style else str(v or 0) for v in values))
+    for metric in RATE_ROWS:
+        values = [modes[m].get(metric) for m in modes]
+        if metric == "judge_mean" and all(v is None for v in values):
+            continue
         table.add_row(metric, *("—" if v is None else f"{v:.3f}" for v in values))
     return table
 
@@ -44,8 +60,12 @@ def run(
     judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint of an LLM judge (rubric scores)."),
     judge_model: str = typer.Option("judge", "--judge-model", help="Model name of the judge."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore answers a previous run left in the output folder."),
 ) -> None:
     """Evaluate a model or endpoint on unseen test data: JSON, schema, fields, noise, refusals, truncation.
+
+    Answers are kept as they arrive; rerunning the same command after a kill resumes where it stopped. A request
+    that fails is counted under errors (exit 1), never scored as a wrong answer.
 
     Example: tuneloop eval run runs/r0001-lora/adapter --test data/rounds/r0001/test.jsonl --out evals/after
     """
@@ -65,19 +85,28 @@ def run(
         test = latest / "test.jsonl"
     model = model or (project.config.model if project else "default")
     label = _slug(endpoint_model if endpoint else model)
-    if out is None:
-        if project is None:
-            raise UserError("outside a project, pass --out DIR for the results.")
-        out = project.evals_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
     task_schema = resolve_schema(str(schema), Path.cwd()) if schema else (project.schema() if project else None)
     default_system = system if system is not None else (project.config.task.system if project else "")
     target = {"base_url": endpoint, "model": endpoint_model, "api_key_env": api_key_env} if endpoint else None
+    if out is None:
+        if project is None:
+            raise UserError("outside a project, pass --out DIR for the results.")
+        # one folder per model + test file + settings: the same command again resumes it instead of starting over
+        run_key = content_hash(target or model, str(Path(test).resolve()), settings.model_dump(mode="json"),
+                               task_schema, default_system, length=8)
+        out = project.evals_dir / f"{label}-{run_key}"
     summary = run_eval(model, test, out, task_schema, settings, default_system=default_system, endpoint=target,
-                       progress=not quiet)
+                       progress=not quiet, fresh=fresh)
     console.print(_rates_table(summary["modes"]))
-    console.print(f"{summary['samples']} samples → {out}/results.jsonl, report: {out}/report.html")
+    console.print(f"{summary['samples']} samples → {out}/results.jsonl, report: {out}/report.html "
+                  f"(max_tokens {summary['max_tokens']}: {summary['max_tokens_reason']})", highlight=False)
     if summary["quarantined"]:
         err_console.print(f"{summary['quarantined']} test rows could not be read: see {out}/quarantine.jsonl")
+    failures = sum(m.get("errors", 0) + m.get("judge_errors", 0) for m in summary["modes"].values())
+    if failures > settings.gate.max_errors:
+        err_console.print(f"[bold red]error:[/] {failures} requests failed after retries (not scored): see "
+                          f"{out}/errors.jsonl; run the same command again to retry only those.", highlight=False)
+        raise typer.Exit(1)
 
 
 @eval_app.command("compare")

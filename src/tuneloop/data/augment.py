@@ -27,6 +27,7 @@ from tuneloop.data.augment_rules import RULES, Edit, RuleContext
 from tuneloop.data.contract import contract_violations, parse_json, replace_in_answer, stated_values
 from tuneloop.data.formats import sample_to_dict, write_quarantine, write_samples
 from tuneloop.files import write_text
+from tuneloop.progress import progress_bar
 from tuneloop.records import Lineage, QuarantinedRow, Sample, content_hash
 
 STACK_SHARE = 0.25  # share of rule variants that stack a second rule
@@ -102,6 +103,7 @@ def augment_samples(
     seed: int = 0,
     rewrites: Mapping[str, Rewrites] | None = None,
     source_file: str = "",
+    progress: bool = False,
 ) -> AugmentResult:
     """Variants of every seed that hold its answer contract; candidates that break it are quarantined with reasons."""
     rule_names = list(rules or RULES)
@@ -110,44 +112,54 @@ def augment_samples(
         raise ValueError(f"unknown augment rules {unknown}; choose from {sorted(RULES)}")
     low, high = per_seed if isinstance(per_seed, tuple) else (per_seed, per_seed)
     result = AugmentResult()
-    for sample in seeds:
-        rng = random.Random(f"{seed}:{sample.id}")
-        want = rng.randint(low, high)
-        ctx = rule_context(sample, pools or {})
-        seen = {sample.input}
-        kept = 0
-        llm = rewrites.get(sample.id) if rewrites else None
-        if llm:
-            for error in llm.errors:
-                result.quarantined.append(QuarantinedRow(
-                    source_file=source_file, sample_id=sample.id, stage="augment", reason=error, raw=None))
-        candidates: list[tuple[str, Edit]] = [(f"llm:{kind}", Edit(text)) for kind, text in (llm.texts if llm else [])]
-        attempts = 0
-        while kept < want and (candidates or attempts < want * ATTEMPTS_PER_VARIANT):
-            if candidates:
-                made: tuple[str, Edit] | None = candidates.pop(0)
-            else:
-                attempts += 1
-                made = rule_candidate(ctx, rule_names, rng)
-            if made is None or made[1].text in seen:
-                continue
-            kind, edit = made
-            seen.add(edit.text)
-            variant = make_variant(sample, edit, kind)
-            reasons = contract_violations(sample, variant, edit.replacements)
-            if reasons:
-                result.rejected[kind] += 1
-                result.quarantined.append(QuarantinedRow(
-                    source_file=source_file, sample_id=variant.id, stage="augment",
-                    reason="answer contract broken: " + "; ".join(reasons), raw=sample_to_dict(variant),
-                ))
-                continue
-            result.variants.append(variant)
-            result.accepted[kind] += 1
-            kept += 1
-        if kept < want:
-            result.short_seeds.append(sample.id)
+    with progress_bar(progress) as bar:
+        advance = bar("augment", len(seeds))
+        for sample in seeds:
+            _augment_seed(sample, seed, low, high, pools, rewrites, rule_names, source_file, result)
+            advance(1)
     return result
+
+
+def _augment_seed(sample: Sample, seed: int, low: int, high: int, pools: Mapping[str, Sequence[str]] | None,
+                  rewrites: Mapping[str, Rewrites] | None, rule_names: list[str], source_file: str,
+                  result: AugmentResult) -> None:
+    """The variants of one seed into `result` (randomness seeded by the seed's id)."""
+    rng = random.Random(f"{seed}:{sample.id}")
+    want = rng.randint(low, high)
+    ctx = rule_context(sample, pools or {})
+    seen = {sample.input}
+    kept = 0
+    llm = rewrites.get(sample.id) if rewrites else None
+    if llm:
+        for error in llm.errors:
+            result.quarantined.append(QuarantinedRow(
+                source_file=source_file, sample_id=sample.id, stage="augment", reason=error, raw=None))
+    candidates: list[tuple[str, Edit]] = [(f"llm:{kind}", Edit(text)) for kind, text in (llm.texts if llm else [])]
+    attempts = 0
+    while kept < want and (candidates or attempts < want * ATTEMPTS_PER_VARIANT):
+        if candidates:
+            made: tuple[str, Edit] | None = candidates.pop(0)
+        else:
+            attempts += 1
+            made = rule_candidate(ctx, rule_names, rng)
+        if made is None or made[1].text in seen:
+            continue
+        kind, edit = made
+        seen.add(edit.text)
+        variant = make_variant(sample, edit, kind)
+        reasons = contract_violations(sample, variant, edit.replacements)
+        if reasons:
+            result.rejected[kind] += 1
+            result.quarantined.append(QuarantinedRow(
+                source_file=source_file, sample_id=variant.id, stage="augment",
+                reason="answer contract broken: " + "; ".join(reasons), raw=sample_to_dict(variant),
+            ))
+            continue
+        result.variants.append(variant)
+        result.accepted[kind] += 1
+        kept += 1
+    if kept < want:
+        result.short_seeds.append(sample.id)
 
 
 def spot_check(variants: Sequence[Sample], seeds: Sequence[Sample], k: int, seed: int = 0) -> list[dict[str, Any]]:

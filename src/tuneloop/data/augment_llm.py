@@ -12,7 +12,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tuneloop.llm_client import LLMClient, LLMError
+from tuneloop.llm_client import LLMClient, LLMError, max_tokens_for
+from tuneloop.progress import progress_bar, say
 from tuneloop.records import Sample
 
 KINDS = ("paraphrase", "scenario")
@@ -63,15 +64,39 @@ class Rewrites:
     errors: list[str]
 
 
+def rewrite_budget(seeds: Sequence[Sample], n: int) -> tuple[int, str]:
+    """max_tokens of one rewrite request: the answer is a JSON array of `n` restatements of the seed's input.
+
+    >>> rewrite_budget([Sample(id="a", input="cancel order P1")], 2)[0]  # 2 x (15 bytes + 4) + 2 = 40, + 32
+    72
+    """
+    lengths = [n * (len(seed.input.encode("utf-8")) + 4) + 2 for seed in seeds]  # quotes, comma, space; brackets
+    longest = max((len(seed.input.encode("utf-8")) for seed in seeds), default=0)
+    budget, reason = max_tokens_for(lengths, "UTF-8 bytes")
+    return budget, (f"n={n} rewrites of the longest seed input ({longest} bytes) as a JSON array: {reason}; bytes bound "
+                    "the tokens of a byte-level tokenizer, the endpoint's is not at hand")
+
+
 def request_rewrites(
     client: LLMClient, seeds: Sequence[Sample], keep: Sequence[Sequence[str]], n: int,
-    kinds: Sequence[str] = KINDS, temperature: float = 0.8,
+    kinds: Sequence[str] = KINDS, temperature: float = 0.8, progress: bool = False,
 ) -> list[Rewrites]:
-    """Rewrites for every seed (one request per seed and kind, run with the client's bounded concurrency)."""
+    """Rewrites for every seed (one request per seed and kind, run with the client's bounded concurrency).
+
+    Each answer is cached as it arrives, so a rerun after a kill asks only for the rest. A request that failed
+    after retries becomes an error of its seed (quarantined by `augment_samples`); a configuration error of the
+    endpoint (EndpointConfigError) stops the run.
+    """
     jobs = [(i, kind) for i in range(len(seeds)) for kind in kinds]
-    answers = client.complete_many(
-        [variant_prompt(seeds[i], kind, n, keep[i]) for i, kind in jobs], temperature=temperature
-    )
+    max_tokens, reason = rewrite_budget(seeds, n)
+    with progress_bar(progress) as bar:
+        if progress:
+            say(f"asking {client.model} for {n} rewrites x {len(kinds)} kinds of {len(seeds)} seeds; "
+                f"max_tokens {max_tokens}: {reason}")
+        answers = client.complete_many(
+            [variant_prompt(seeds[i], kind, n, keep[i]) for i, kind in jobs], progress=bar("augment --llm", len(jobs)),
+            temperature=temperature, max_tokens=max_tokens,
+        )
     results = [Rewrites(seed.id, [], []) for seed in seeds]
     for (i, kind), answer in zip(jobs, answers):
         if isinstance(answer, LLMError):

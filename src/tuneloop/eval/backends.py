@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,62 +142,60 @@ def json_schema_format(schema: dict[str, Any], name: str = "answer") -> dict[str
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
-RETRYABLE = ("APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError")
-
-
 class EndpointBackend:
-    """Chat completions from any OpenAI-compatible server through the official client.
+    """Chat completions from any OpenAI-compatible server through `tuneloop.llm_client.Endpoint`.
 
-    `concurrency` requests are in flight at once; a connection error, timeout, 429 or 5xx is retried up to
-    `max_retries` times with exponential backoff and jitter. Other errors (a 400 for a bad request) are not
-    retried: the Generation carries the error and an empty text.
+    `concurrency` requests are in flight at once, after a first request sent alone. Connection errors, timeouts,
+    429 and 5xx are retried by the openai client itself (`max_retries`, exponential backoff). A configuration error
+    (refused key, unknown model, nothing listening, a rejected first request) raises `EndpointConfigError`; a
+    request that still fails is a Generation with `error` set and no text: an error, never an answer.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
-                 max_retries: int = 4, backoff_s: float = 0.5, timeout_s: float = 120.0, max_tokens: int = 256,
+                 max_retries: int = 4, timeout_s: float = 120.0, max_tokens: int = 256,
                  temperature: float = 0.0, seed: int = 0):
-        from openai import OpenAI
+        from tuneloop.llm_client import Endpoint
 
-        self.client = OpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout_s)
+        self.endpoint = Endpoint(base_url, model, api_key, concurrency=concurrency, max_retries=max_retries,
+                                 timeout_s=timeout_s)
         self.model, self.concurrency = model, concurrency
-        self.max_retries, self.backoff_s = max_retries, backoff_s
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
 
-    def chat(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None = None) -> Generation:
-        """One completion, retried with backoff on transient errors."""
+    def _create(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None) -> Generation:
         started = time.perf_counter()
-        for attempt in range(self.max_retries + 1):
-            try:
-                kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
-                                          "temperature": self.temperature, "seed": self.seed}
-                if response_format is not None:
-                    kwargs["response_format"] = response_format
-                response = self.client.chat.completions.create(**kwargs)
-                choice = response.choices[0]
-                usage = response.usage
-                return Generation(
-                    text=choice.message.content or "", finish_reason=choice.finish_reason,
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                )
-            except Exception as err:  # the client's error classes are matched by name to keep openai optional here
-                if type(err).__name__ not in RETRYABLE or attempt == self.max_retries:
-                    return Generation("", "error", 0, 0, (time.perf_counter() - started) * 1000,
-                                      error=f"{type(err).__name__}: {err}")
-                time.sleep(self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2))
-        raise AssertionError("unreachable: the loop returns on its last attempt")
+        kwargs: dict[str, Any] = {"messages": messages, "max_tokens": self.max_tokens,
+                                  "temperature": self.temperature, "seed": self.seed}
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        response = self.endpoint.create(**kwargs)
+        choice, usage = response.choices[0], response.usage
+        return Generation(
+            text=choice.message.content or "", finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def chat(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None = None) -> Generation:
+        """One completion; a request that fails after the client's retries is a Generation carrying the error."""
+        return self.generate_chats([messages], response_format)[0]
 
     def generate_chats(self, conversations: Sequence[list[dict[str, str]]], response_format: dict[str, Any] | None = None,
-                       progress: Progress | None = None) -> list[Generation]:
-        """Completions for many conversations, `concurrency` at a time, in the order given."""
+                       progress: Progress | None = None,
+                       on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:
+        """Completions for many conversations in the order given; `on_result(index, generation)` as each arrives."""
 
-        def one(messages: list[dict[str, str]]) -> Generation:
-            result = self.chat(messages, response_format)
+        def done(index: int, outcome: Any) -> None:
             if progress:
                 progress(1)
-            return result
+            if on_result is not None:
+                on_result(index, as_generation(outcome))
 
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            return list(pool.map(one, conversations))
+        outcomes = self.endpoint.map(list(conversations), lambda messages: self._create(messages, response_format), done)
+        return [as_generation(o) for o in outcomes]
 
+
+def as_generation(outcome: Any) -> Generation:
+    """A Generation, or the error of a failed request as a Generation with `error` set (finish_reason "error")."""
+    if isinstance(outcome, Generation):
+        return outcome
+    return Generation("", "error", 0, 0, 0.0, error=str(outcome))

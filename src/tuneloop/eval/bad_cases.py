@@ -33,7 +33,9 @@ def failure_kinds(scores: dict[str, Any]) -> list[str]:
         kinds.append("noise: " + ", ".join(scores["noise"]))
     if scores.get("schema_valid") is False:
         kinds.append("schema: " + "; ".join(scores.get("schema_errors") or []))
-    wrong = [path for path, (_exact, normalized) in (scores.get("fields") or {}).items() if not normalized]
+    # the content under any noise (lenient fields): the noise is named above, this names what was wrong besides
+    wrong = [path for path, (_exact, normalized) in (scores.get("fields_lenient") or scores.get("fields") or {}).items()
+             if not normalized]
     if wrong:
         kinds.append("wrong fields: " + ", ".join(wrong[:6]) + (" …" if len(wrong) > 6 else ""))
     if not kinds and not scores.get("ok"):
@@ -42,7 +44,8 @@ def failure_kinds(scores: dict[str, Any]) -> list[str]:
 
 
 def failed(results: list[EvalResult], mode: str | None = None) -> list[EvalResult]:
-    return [r for r in results if not r.scores.get("ok") and (mode is None or r.mode == mode)]
+    """Answers that failed; a request that errored has no answer and is no bad case (see errors.jsonl)."""
+    return [r for r in results if not getattr(r, "error", None) and not r.scores.get("ok") and (mode is None or r.mode == mode)]
 
 
 def failure_sample(result: EvalResult, eval_name: str) -> Sample:

@@ -35,6 +35,8 @@ def pair_results(baseline: list[EvalResult], candidate: list[EvalResult], mode: 
     pairs = []
     for sample_id in sorted(before):
         a, b = before[sample_id], after[sample_id]
+        if getattr(a, "error", None) or getattr(b, "error", None):
+            continue  # a failed request has no answer to pair; it counts in its run's `errors`, which the gate checks
         if a.prompt_hash != b.prompt_hash:
             raise EvalError(f"sample {sample_id}: the prompts differ between the runs (prompt hash {a.prompt_hash} vs "
                             f"{b.prompt_hash}); use the same test file and system prompt for both.")
@@ -124,6 +126,7 @@ def pairwise_summary(pairs: list[tuple[EvalResult, EvalResult]], judge: dict[str
 
     outcomes = judge_pairs(judge_backend(judge), [(Sample.model_validate(a.sample), a.raw, b.raw) for a, b in pairs])
     counts = {name: sum(o["winner"] == name for o in outcomes) for name in ("baseline", "candidate", "tie")}
+    counts["errors"] = sum(o["winner"] is None for o in outcomes)  # a failed judge call is no tie
     return {"counts": counts, "outcomes": outcomes}
 
 

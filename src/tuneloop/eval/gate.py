@@ -5,6 +5,9 @@ Two kinds of check, on the gated mode (`eval.gate.mode`, unconstrained by defaul
   is a number;
 - "not significantly worse than the baseline" (needs a comparison): each metric in `not_worse` by McNemar, and
   `field_accuracy: {not_worse_than: baseline}` by the bootstrap interval of its delta.
+Failed requests come first: a run (candidate, and in a comparison the baseline too) with more `errors` (answers
+and judge verdicts that failed after the client's retries) than `eval.gate.max_errors` (default 0) fails, since
+its rates are over fewer samples than the test set; raise max_errors to accept a few on a flaky endpoint.
 A check whose metric does not apply (no schema, no boundary samples) or that needs a baseline when only one run is
 given is listed as skipped, never silently passed.
 """
@@ -63,6 +66,16 @@ def gate_eval(comparison_or_summary: dict[str, Any] | str | Path, gate: EvalGate
                        "reason": None if ok else f"{name} is {value:.4f}, below the minimum {threshold}"})
 
     summary = summary or {}
+    runs = [("candidate" if is_comparison else "run", summary)]
+    if is_comparison:
+        runs.append(("baseline", mode_data.get("baseline_summary") or {}))
+    for name, run in runs:
+        failures = int(run.get("errors") or 0) + int(run.get("judge_errors") or 0)
+        ok = failures <= gate.max_errors
+        checks.append({"check": f"{name} errors <= {gate.max_errors}", "value": failures, "result": "pass" if ok else "fail",
+                       "reason": None if ok else f"{name} has {failures} failed requests (answers {run.get('errors') or 0}, "
+                                                 f"judge {run.get('judge_errors') or 0}), more than eval.gate.max_errors "
+                                                 f"{gate.max_errors}; see errors.jsonl, fix the endpoint and rerun (it resumes)"})
     minimum("schema_valid", gate.schema_valid, summary.get("schema_valid"))
     minimum("json_valid", gate.json_valid, summary.get("json_valid"))
     minimum("refusal_ok", gate.refusal_ok, summary.get("refusal_ok"))

@@ -2,8 +2,8 @@
 
 Rubric judging: the judge scores one answer 1-5 on each criterion and returns a JSON verdict
 `{"scores": {criterion: 1-5}, "reasons": {criterion: text}, "verdict": "pass" | "fail"}`, asked for with
-`response_format` json_schema and checked again here (a judge that breaks the form is recorded as an error,
-never guessed at).
+`response_format` json_schema and checked again here (a judge that breaks the form, or a call that fails after
+the client's retries, is recorded as an error and counted in `judge_errors`, never guessed at or scored 0).
 
 Pairwise judging: the judge sees the two answers in both orders; a winner counts only when both orders agree,
 otherwise the pair is a tie (this cancels the judge's preference for the first or second position).
@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from tuneloop.eval.backends import EndpointBackend, json_schema_format
+from tuneloop.eval.backends import EndpointBackend, Generation, json_schema_format
+from tuneloop.eval.journal import Journal
 from tuneloop.eval.metrics import MISSING, find_json
-from tuneloop.records import EvalResult, Sample
+from tuneloop.progress import progress_bar, say
+from tuneloop.records import EvalResult, Sample, content_hash
 
 DEFAULT_CRITERIA = ("correctness", "completeness", "format")
 CRITERIA_HELP = {
@@ -36,14 +39,22 @@ class JudgeError(ValueError):
     """A judge reply that is not the verdict asked for."""
 
 
-def judge_backend(config: dict[str, Any]) -> EndpointBackend:
-    """The judge endpoint from `eval.judge` in tuneloop.yaml: {base_url, model, api_key_env, concurrency}."""
+def verdict_budget(criteria: Sequence[str]) -> tuple[int, str]:
+    """max_tokens of a rubric verdict: a score and a one-sentence reason per criterion, and the JSON around them."""
+    return 48 + 80 * len(criteria), f"48 for the verdict JSON + 80 per criterion (a score and a one-sentence reason) x {len(criteria)}"
+
+
+def judge_backend(config: dict[str, Any], max_tokens: int | None = None) -> EndpointBackend:
+    """The judge endpoint from `eval.judge` in tuneloop.yaml: {base_url, model, api_key_env, concurrency, max_tokens}."""
     if not config.get("base_url"):
         raise JudgeError("eval.judge needs base_url (an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1).")
     key_env = config.get("api_key_env")
+    if key_env and not os.environ.get(key_env):
+        raise JudgeError(f"eval.judge.api_key_env {key_env}: that environment variable is not set; export the judge's key.")
+    budget = int(config.get("max_tokens") or max_tokens or verdict_budget(DEFAULT_CRITERIA)[0])
     return EndpointBackend(config["base_url"], config.get("model", "judge"),
                            api_key=os.environ.get(key_env) if key_env else None,
-                           concurrency=int(config.get("concurrency", 4)), max_tokens=int(config.get("max_tokens", 512)))
+                           concurrency=int(config.get("concurrency", 4)), max_tokens=budget)
 
 
 def verdict_schema(criteria: Sequence[str]) -> dict[str, Any]:
@@ -90,21 +101,53 @@ def parse_verdict(text: str, criteria: Sequence[str]) -> dict[str, Any]:
 
 
 def judge_results(results: list[EvalResult], config: dict[str, Any], schema: dict[str, Any] | None,
-                  backend: EndpointBackend | None = None) -> dict[tuple[str, str], dict[str, Any]]:
-    """Rubric verdicts for every result, also stored as `scores["judge"]`; keyed by (sample_id, mode)."""
-    backend = backend or judge_backend(config)
+                  backend: EndpointBackend | None = None, out_dir: str | Path | None = None, progress: bool = False,
+                  fresh: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rubric verdicts for every answered result, also stored as `scores["judge"]`; keyed by (sample_id, mode).
+
+    A judge call that fails, or a reply that is not the verdict form, is `{"error": ...}`: counted as a judge error,
+    never a score. A configuration error of the judge endpoint stops the run. With `out_dir`, verdicts are
+    journaled in out_dir/judge.jsonl as they arrive and a rerun asks only for the missing ones.
+    """
     criteria = tuple(config.get("criteria") or DEFAULT_CRITERIA)
-    conversations = [rubric_messages(Sample.model_validate(r.sample), r.raw, criteria, schema) for r in results]
-    replies = backend.generate_chats(conversations, json_schema_format(verdict_schema(criteria), "verdict"))
+    budget, reason = verdict_budget(criteria)
+    backend = backend or judge_backend(config, budget)
+    answered = [r for r in results if not getattr(r, "error", None)]  # a failed request has no answer to judge
+    key = content_hash(backend.endpoint.base_url, backend.model, backend.max_tokens, criteria, schema, length=24)
+    journal = Journal(Path(out_dir) / "judge.jsonl", key, fresh=fresh) if out_dir is not None else None
+    item = [f"{r.mode}:{r.sample_id}:{content_hash(r.raw, r.sample)}" for r in answered]
+    todo = [i for i in range(len(answered)) if journal is None or item[i] not in journal.done]
+    stored: dict[int, dict[str, Any]] = {}
+
+    def arrived(j: int, reply: Generation) -> None:
+        index = todo[j]
+        verdict = _verdict(reply, criteria)
+        stored[index] = verdict
+        if journal is not None and "error" not in verdict:
+            journal.append([(item[index], {"verdict": verdict})])
+
+    with progress_bar(progress) as bar:
+        if progress:
+            say(f"judge max_tokens {backend.max_tokens}: " + (reason if backend.max_tokens == budget else "set in eval.judge"))
+        advance = bar("judge", len(answered), completed=len(answered) - len(todo))
+        conversations = [rubric_messages(Sample.model_validate(answered[i].sample), answered[i].raw, criteria, schema)
+                         for i in todo]
+        backend.generate_chats(conversations, json_schema_format(verdict_schema(criteria), "verdict"), advance, arrived)
     verdicts = {}
-    for result, reply in zip(results, replies):
-        try:
-            verdict = parse_verdict(reply.text, criteria) if not reply.error else {"error": reply.error}
-        except JudgeError as err:
-            verdict = {"error": str(err)}
+    for index, result in enumerate(answered):
+        verdict = stored[index] if index in stored else journal.done[item[index]]["verdict"]  # type: ignore[union-attr]
         result.scores["judge"] = verdict
         verdicts[(result.sample_id, result.mode)] = verdict
     return verdicts
+
+
+def _verdict(reply: Generation, criteria: Sequence[str]) -> dict[str, Any]:
+    if reply.error:
+        return {"error": reply.error}
+    try:
+        return parse_verdict(reply.text, criteria)
+    except JudgeError as err:
+        return {"error": str(err)}
 
 
 PAIR_SCHEMA = {"type": "object", "properties": {"winner": {"type": "string", "enum": ["1", "2", "tie"]},
@@ -120,23 +163,36 @@ def pairwise_messages(sample: Sample, first: str, second: str) -> list[dict[str,
     ]
 
 
-def _winner(text: str) -> str | None:
-    value, _ = find_json(text)
+def _winner(reply: Generation) -> str | None:
+    if reply.error:
+        return None
+    value, _ = find_json(reply.text)
     winner = value.get("winner") if isinstance(value, dict) else None
     return winner if winner in ("1", "2", "tie") else None
 
 
-def judge_pairs(backend: EndpointBackend, items: Sequence[tuple[Sample, str, str]]) -> list[dict[str, Any]]:
-    """For (sample, baseline answer, candidate answer): "baseline" | "candidate" | "tie", judged in both orders."""
+def judge_pairs(backend: EndpointBackend, items: Sequence[tuple[Sample, str, str]], progress: bool = False) -> list[dict[str, Any]]:
+    """For (sample, baseline answer, candidate answer): "baseline" | "candidate" | "tie", judged in both orders.
+
+    When a call fails or a reply names no winner, the pair's winner is None with `error` saying why: an error is
+    not a tie.
+    """
     forward = [pairwise_messages(s, a, b) for s, a, b in items]
     backward = [pairwise_messages(s, b, a) for s, a, b in items]
-    replies = backend.generate_chats(forward + backward, json_schema_format(PAIR_SCHEMA, "pairwise"))
+    with progress_bar(progress) as bar:
+        replies = backend.generate_chats(forward + backward, json_schema_format(PAIR_SCHEMA, "pairwise"),
+                                         bar("pairwise judge", 2 * len(items)))
     outcomes = []
     for index, (sample, _a, _b) in enumerate(items):
-        first, second = _winner(replies[index].text), _winner(replies[len(items) + index].text)
+        pair = (replies[index], replies[len(items) + index])
+        first, second = _winner(pair[0]), _winner(pair[1])
+        if first is None or second is None:
+            why = "; ".join(r.error or f"no winner in the reply {r.text[:80]!r}" for r, w in zip(pair, (first, second)) if w is None)
+            outcomes.append({"sample_id": sample.id, "winner": None, "orders": [], "error": why})
+            continue
         # first order: "1" is the baseline; second order: "1" is the candidate
-        as_named = ({"1": "baseline", "2": "candidate"}.get(first or "", "tie"),
-                    {"1": "candidate", "2": "baseline"}.get(second or "", "tie"))
+        as_named = ({"1": "baseline", "2": "candidate"}.get(first, "tie"),
+                    {"1": "candidate", "2": "baseline"}.get(second, "tie"))
         winner = as_named[0] if as_named[0] == as_named[1] else "tie"
         outcomes.append({"sample_id": sample.id, "winner": winner, "orders": list(as_named)})
     return outcomes
@@ -146,6 +202,8 @@ def review_queue(results: list[EvalResult], verdicts: dict[tuple[str, str], dict
     """Rows a human should look at: boundary cases, and judge/metric disagreements."""
     queue = []
     for result in results:
+        if getattr(result, "error", None):  # no answer: it is in errors.jsonl, not a case for review
+            continue
         sample = Sample.model_validate(result.sample)
         reasons = []
         if result.mode == "unconstrained" and (sample.sample_type == "boundary" or sample.expected == "refuse"):

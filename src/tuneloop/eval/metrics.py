@@ -8,8 +8,13 @@ json_found      a JSON object or array appears somewhere in the output
 schema_valid    json_valid and valid under the JSON Schema (None when there is no schema or the sample must refuse)
 exact_match     canonical JSON equality when the expected output is JSON, else stripped text equality
 noise           what wraps the JSON (clean = no noise; None when the output holds no JSON at all): "prefix" ("Here is the JSON:"), "code_fence" (```json), "suffix" (trailing text)
-fields          {dotted.path: [exact, normalized]} for every leaf of the expected JSON, read from the JSON found
-                in the output even when it is wrapped in noise, so noise and wrong fields are counted apart
+fields          {dotted.path: [exact, normalized]} for every leaf of the expected JSON, read from the answer
+                when it is valid JSON (json_valid); an answer that is not is wrong on every field (strict: the headline
+                field accuracy, what a program parsing the answer gets)
+fields_lenient  the same read from the JSON found inside the noise (only when the answer is not valid JSON): says
+                whether the content was right under the wrapping, so noise and wrong fields are counted apart
+                A key the answer lacks is wrong, unless the schema leaves it optional (not in `required`) and the
+                expected value is null.
 refused         the answer is a refusal (see `is_refusal`)
 refusal_ok      must-refuse refused / must-answer answered; on boundary samples and samples with expected "refuse"
 truncated       finish_reason == "length"
@@ -120,10 +125,16 @@ def normalize(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def field_scores(expected: Any, actual: Any) -> dict[str, list[bool]]:
-    """[exact, normalized] per leaf of the expected JSON; a missing key equals an expected null.
+def field_scores(expected: Any, actual: Any, schema: dict[str, Any] | None = None) -> dict[str, list[bool]]:
+    """[exact, normalized] per leaf of the expected JSON.
 
-    With no JSON in the answer at all (`actual` is MISSING) every field is wrong, expected nulls too.
+    A key missing from the answer is wrong, unless `schema` leaves it optional (not in `required`) and the expected
+    value is null; without a schema nothing is optional. With no JSON at all (`actual` is MISSING) every field is
+    wrong, expected nulls too.
+
+    >>> schema = {"type": "object", "properties": {"a": {}, "b": {}}, "required": ["b"]}
+    >>> field_scores({"a": None, "b": None}, {}, schema)
+    {'a': [True, True], 'b': [False, False]}
     """
     if actual is MISSING:
         return {path: [False, False] for path in flatten(expected)}
@@ -131,9 +142,53 @@ def field_scores(expected: Any, actual: Any) -> dict[str, list[bool]]:
     scores: dict[str, list[bool]] = {}
     for path, want in flatten(expected).items():
         have = got.get(path, MISSING)
-        exact = have == want and type(have) is type(want) if have is not MISSING else want is None
+        if have is MISSING:
+            allowed = want is None and key_optional(schema, actual, path)
+            scores[path] = [allowed, allowed]
+            continue
+        exact = have == want and type(have) is type(want)
         scores[path] = [bool(exact), normalize(have) == normalize(want)]
     return scores
+
+
+def _object_node(node: Any) -> dict[str, Any] | None:
+    """The object-describing part of a schema node (itself, or the object member of anyOf/oneOf/allOf)."""
+    if not isinstance(node, dict):
+        return None
+    if "properties" in node or "required" in node:
+        return node
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        for member in node.get(combinator) or []:
+            found = _object_node(member)
+            if found is not None:
+                return found
+    return node if node.get("type") == "object" or "object" in (node.get("type") or []) else None
+
+
+def key_optional(schema: dict[str, Any] | None, answer: Any, path: str) -> bool:
+    """Whether the first key of `path` that `answer` lacks is optional in `schema` (absent from its `required`).
+
+    A missing list item, or a scalar where the path needs an object, is never optional.
+    """
+    node: Any = schema
+    value = answer
+    for part in path.split("."):
+        if isinstance(value, list):
+            if not part.isdigit() or int(part) >= len(value):
+                return False
+            index = int(part)
+            value = value[index]
+            prefix = node.get("prefixItems") if isinstance(node, dict) else None
+            node = prefix[index] if isinstance(prefix, list) and index < len(prefix) else (node or {}).get("items")
+            continue
+        if not isinstance(value, dict):
+            return False
+        described = _object_node(node)
+        if part not in value:
+            return described is not None and part not in (described.get("required") or [])
+        value = value[part]
+        node = (described or {}).get("properties", {}).get(part)
+    return False
 
 
 def is_refusal(text: str, value: Any = MISSING, refusal_form: dict[str, Any] | None = None) -> bool:
@@ -193,10 +248,15 @@ def score_answer(sample: Sample, raw: str, finish_reason: str | None, validator:
         scores["schema_valid"] = not errors
         scores["schema_errors"] = errors[:3]
     if expected_is_json and not must_refuse:
-        fields = field_scores(expected_value, found)
+        schema = getattr(validator, "schema", None) if validator is not None else None
+        fields = field_scores(expected_value, strict_value if json_valid else MISSING, schema)
+        lenient = field_scores(expected_value, found, schema) if not json_valid else fields
         scores["fields"] = fields
-        scores["field_exact"] = sum(e for e, _ in fields.values()) / len(fields)
-        scores["field_normalized"] = sum(n for _, n in fields.values()) / len(fields)
+        if not json_valid:
+            scores["fields_lenient"] = lenient
+        for name, chosen in (("", fields), ("_lenient", lenient)):
+            scores[f"field_exact{name}"] = sum(e for e, _ in chosen.values()) / len(chosen)
+            scores[f"field_normalized{name}"] = sum(n for _, n in chosen.values()) / len(chosen)
     if sample.sample_type == "boundary" or must_refuse:
         scores["refusal_ok"] = refused == must_refuse
     scores["ok"] = sample_ok(scores, expected_is_json, must_refuse)
@@ -235,15 +295,18 @@ def summarize(scores: list[Mapping[str, Any]]) -> dict[str, Any]:
     summary["noise_rate"] = None if summary["clean"] is None else 1 - summary["clean"]
     summary["noise_kinds"] = {kind: sum(kind in s.get("noise", []) for s in scores) for kind in ("prefix", "code_fence", "suffix")}
     per_field: dict[str, list[list[bool]]] = defaultdict(list)
+    lenient_pairs: list[list[bool]] = []
     for s in scores:
         for path, pair in (s.get("fields") or {}).items():
             per_field[generic_path(path)].append(pair)
+        lenient_pairs += list((s.get("fields_lenient") or s.get("fields") or {}).values())
     all_pairs = [pair for pairs in per_field.values() for pair in pairs]
     for index, name in ((0, "exact"), (1, "normalized")):
         summary[f"field_accuracy_{name}_micro"] = (sum(p[index] for p in all_pairs) / len(all_pairs)) if all_pairs else None
         field_rates = [sum(p[index] for p in pairs) / len(pairs) for pairs in per_field.values()]
         summary[f"field_accuracy_{name}_macro"] = (sum(field_rates) / len(field_rates)) if field_rates else None
-    summary["field_accuracy"] = summary["field_accuracy_normalized_micro"]
+    summary["field_accuracy"] = summary["field_accuracy_normalized_micro"]  # strict: the headline
+    summary["field_accuracy_lenient"] = (sum(p[1] for p in lenient_pairs) / len(lenient_pairs)) if lenient_pairs else None
     summary["per_field"] = {
         path: {"n": len(pairs), "exact": sum(p[0] for p in pairs) / len(pairs), "normalized": sum(p[1] for p in pairs) / len(pairs)}
         for path, pairs in sorted(per_field.items())

@@ -12,8 +12,9 @@ from tuneloop.eval.metrics import BINARY_METRICS
 from tuneloop.html import key_values, page, paragraph, plot, section, table
 from tuneloop.records import EvalResult
 
-RATE_ROWS = (*BINARY_METRICS, "truncated", "noise_rate", "field_accuracy_exact_micro", "field_accuracy_normalized_micro",
-             "field_accuracy_exact_macro", "field_accuracy_normalized_macro", "judge_mean")
+RATE_ROWS = ("errors", *BINARY_METRICS, "truncated", "noise_rate", "field_accuracy_exact_micro",
+             "field_accuracy_normalized_micro", "field_accuracy_exact_macro", "field_accuracy_normalized_macro",
+             "field_accuracy_lenient", "judge_mean", "judge_errors", "constraint_failures")
 BAD_CASE_LIMIT = 50
 LENGTH_BINS = 6
 
@@ -28,6 +29,9 @@ def prompt_length(result: EvalResult) -> int:
 
 def failure_by_length(results: Sequence[EvalResult]) -> tuple[list[float], list[float], list[int]]:
     """Failure rate in quantile bins of prompt length: (bin centres, rates, counts)."""
+    if not results:
+        return [], [], []
+    results = [r for r in results if not getattr(r, "error", None)]  # failed requests are errors, not failures
     if not results:
         return [], [], []
     lengths = np.array([prompt_length(r) for r in results], dtype=float)
@@ -80,7 +84,7 @@ def _grouped_bars(labels: list[str], groups: dict[str, list[float]], title: str,
 def bad_case_rows(results: Sequence[EvalResult], baseline: dict[str, EvalResult] | None = None) -> list[dict[str, Any]]:
     rows = []
     for r in results:
-        if r.scores.get("ok"):
+        if r.scores.get("ok") or getattr(r, "error", None):
             continue
         row = {"sample": r.sample_id, "mode": r.mode, "why": "; ".join(failure_kinds(r.scores)),
                "prompt": (r.sample.get("instruction", "") + "\n" + r.sample.get("input", "")).strip(),
@@ -97,7 +101,8 @@ def bad_case_rows(results: Sequence[EvalResult], baseline: dict[str, EvalResult]
 
 def run_report(summary: dict[str, Any], results: Sequence[EvalResult]) -> str:
     modes = summary["modes"]
-    overview = key_values({k: summary.get(k) for k in ("model", "test_file", "samples", "quarantined", "seconds", "review_queue")})
+    overview = key_values({k: summary.get(k) for k in ("model", "test_file", "samples", "quarantined", "seconds",
+                                                 "max_tokens", "max_tokens_reason", "resumed", "review_queue")})
     metric_rows = [{"metric": m, **{mode: _fmt(s.get(m)) for mode, s in modes.items()}} for m in RATE_ROWS]
     shown = [m for m in BINARY_METRICS if any(s.get(m) is not None for s in modes.values())]
     parts = [
@@ -117,6 +122,10 @@ def run_report(summary: dict[str, Any], results: Sequence[EvalResult]) -> str:
                              table([{"field": n, **fields[n]} for n in names])))
     by_mode = {mode: [r for r in results if r.mode == mode] for mode in modes}
     parts.append(section("Failure rate vs length", _length_plot(by_mode)))
+    errors = [{"sample": r.sample_id, "mode": r.mode, "error": r.error} for r in results if getattr(r, "error", None)]
+    if errors:
+        parts.append(section(f"Errors ({len(errors)}): requests that failed, not scored, and failing the gate",
+                             table(errors, limit=BAD_CASE_LIMIT)))
     bad = bad_case_rows(results)
     parts.append(section(f"Bad cases ({len(bad)})", table(bad, limit=BAD_CASE_LIMIT)))
     return page(f"Eval: {summary.get('model')}", parts, subtitle=f"test set {summary.get('test_file')}")
