@@ -135,3 +135,16 @@ def test_fake_ids_and_cards_are_never_flagged_again(kind, value):
 def test_the_quick_pre_check_reads_full_width_forms(value):
     [redacted], counts = redact_samples([Sample(id="w", instruction=f"联系{value}", output="ok")])
     assert value not in redacted.instruction and sum(counts.values()) == 1
+
+
+# false positives found on the shared LLaMA-Factory demo data (real text nobody here wrote)
+@pytest.mark.parametrize("text", ["83265 / 305 = 275.43397884615385", "系统，4.2935472605893，2019年",
+                                  "ISBN: 9780747542155", "472547338\n+960397912423686\n-------",
+                                  "管理页面地址（通常是192.168.0.1或192.168.1.1）"])
+def test_decimals_isbns_sums_and_router_defaults_are_not_personal_data(text):
+    assert find_pii(text) == []
+
+
+def test_a_chinese_95xx_debit_card_is_still_a_card():
+    card = next(c for c in (f"955880{i:013d}" for i in range(100)) if luhn.is_valid(c))
+    assert kinds(f"工行卡{card}。") == [("BANK_CARD", card)]

@@ -56,6 +56,8 @@ class Recognizer:
     # a match with separators inside is a whole run of digit groups or nothing: "0300 2000 0000" inside the
     # card-shaped "2000 0300 2000 0000" is no landline, "239730 19900100" inside an ID-shaped run no card
     whole_run: bool = False
+    # a character every match holds: texts without it are not scanned ("@" for e-mails)
+    needs: str = ""
 
 
 # Full-width digits, letters and the symbols inside personal data, and Unicode hyphens, to ASCII: one character
@@ -70,9 +72,12 @@ _FOLD = str.maketrans({
 })
 
 
+_FOLDABLE = re.compile("[" + "".join(sorted(map(chr, _FOLD))) + "]")
+
+
 def fold(text: str) -> str:
     """Full-width and hyphen forms read as ASCII, offsets unchanged."""
-    return text.translate(_FOLD)
+    return text.translate(_FOLD) if _FOLDABLE.search(text) else text  # the search is 10x cheaper than translate
 
 
 def _left(extra: str = "") -> str:
@@ -81,14 +86,18 @@ def _left(extra: str = "") -> str:
 
 
 _R = r"(?![0-9A-Za-z])"
+# digits after "3." or before ".5" are a decimal's, not a number of a person: "275.43397884615385"
+_NOT_DECIMAL_L, _NOT_DECIMAL_R = r"(?:(?<![0-9]\.)|(?<=\\u[0-9A-Fa-f]{4}\.))", r"(?!\.[0-9])"
 _AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"  # Chinese area codes without the trunk 0: 10, 2x, and three digits 3xx-9xx
 _LOCAL = r"[2-9][0-9]{2,3}[ -]?[0-9]{4}(?:(?:-|转|ext\.? ?)[0-9]{1,4})?"  # local numbers never start with 0 or 1
 _CC86 = r"(?:(?:\+|00)86[ -]?|\(\+?86\)[ -]?)"
 _CC86_MOBILE = r"(?:(?:\+|00)?86[ -]?|\(\+?86\)[ -]?)"  # 8613812345678: 86 and a mobile, no plus
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.ASCII)
+def _compile(pattern: str, first: str = "") -> re.Pattern[str]:
+    """`first`: the characters a match can start with. As a leading lookahead it lets the regex engine skip to
+    them instead of trying the boundary lookbehinds at every position (4-10x faster on long texts)."""
+    return re.compile(f"(?=[{first}])" + pattern if first else pattern, re.ASCII)
 
 
 # Order breaks ties between overlapping findings of equal length (see find_pii): an ID before a bank card (a
@@ -96,28 +105,33 @@ def _compile(pattern: str) -> re.Pattern[str]:
 RECOGNIZERS: tuple[Recognizer, ...] = (
     Recognizer("EMAIL", _compile(
         _left(r"._+\\-") + r"[0-9A-Za-z._+-]+@[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*\.[A-Za-z]{2,}(?![0-9A-Za-z-])"),
-        valid_email, folded=True),
-    Recognizer("ID_NUMBER", _compile(_left() + r"(?<![0-9]-)[0-9](?:[ -]?[0-9]){13,16}[ -]?[0-9Xx]" + _R),
+        valid_email, folded=True, needs="@"),
+    Recognizer("ID_NUMBER", _compile(_left() + _NOT_DECIMAL_L + r"(?<![0-9]-)[0-9](?:[ -]?[0-9]){13,16}[ -]?[0-9Xx]"
+                                     + _R + _NOT_DECIMAL_R, "0-9"),
                valid_prc_id, folded=True, whole_run=True),
     # Chinese mobile, landline, landline from abroad, North American, any other +country number
-    *(Recognizer("PHONE", _compile(_left("+") + pattern + _R), check, folded=True, whole_run=True)
+    *(Recognizer("PHONE", _compile(_left("+") + _NOT_DECIMAL_L + pattern + _R + _NOT_DECIMAL_R, "0-9+("), check,
+                 folded=True,
+                 whole_run=True)
       for pattern, check in (
           (_CC86_MOBILE + r"?1[3-9][0-9](?:[ -]?[0-9]{4}){2}", _always),
           (r"(?:\(0" + _AREA + r"\)[ -]?|0" + _AREA + r"[ -]?)" + _LOCAL, _always),
           (_CC86 + r"(?:\(0\)[ -]?)?\(?" + _AREA + r"\)?[ -]?" + _LOCAL, _always),
           (r"(?:\+?1[ .-]?)?(?:\([2-9][0-9]{2}\)[ .-]?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}", valid_phone),
           (r"\+[1-9][0-9]{0,14}(?:(?:[ .-]|[ .-]?\([0-9]{1,4}\)[ .-]?)[0-9]{1,12}){0,5}", valid_phone))),
-    Recognizer("BANK_CARD", _compile(_left() + r"(?<![0-9]-)[0-9](?:[ -]?[0-9]){12,18}" + _R + r"(?!-[0-9])"),
+    Recognizer("BANK_CARD", _compile(_left() + _NOT_DECIMAL_L + r"(?<![0-9]-)[0-9](?:[ -]?[0-9]){12,18}" + _R
+                                     + r"(?!-[0-9])" + _NOT_DECIMAL_R, "0-9"),
                valid_bank_card, folded=True, whole_run=True),
     # a final period ends the sentence, not the address: "… IP 10.1.7.13." (but 1.2.3.4.5 is no address)
     Recognizer("IP", _compile(r"(?:(?<=\\u[0-9A-Fa-f]{4}\.)|" + _left() + r"(?<![0-9]\.))"
-                              r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}" + _R + r"(?!\.[0-9])"),
-               valid_ip, folded=True),
+                              r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}" + _R + r"(?!\.[0-9])", "0-9"),
+               valid_ip, folded=True, needs="."),
     # may follow a label's colon ("IP:2001:…", "地址:…", "ipv6:…"); may hold an IPv4 tail (::ffff:10.1.7.13), a zone
     Recognizer("IP", _compile(r"(?:(?<![0-9A-Za-z:])|(?<=^:)|(?<=[^0-9A-Fa-f:]:)|(?<=[G-Zg-z][0-9]:)|(?<=\\[nrtbf])"
                               r"|(?<=\\u[0-9A-Fa-f]{4})|(?<=\\u[0-9A-Fa-f]{4}:))"
                               r"(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){1,7}(?::[0-9]{1,3}(?:\.[0-9]{1,3}){3})?"
-                              r"(?:%[0-9A-Za-z]+)?" + _R + r"(?!\.[0-9])"), valid_ip, folded=True, strip_end=":"),
+                              r"(?:%[0-9A-Za-z]+)?" + _R + r"(?!\.[0-9])", "0-9A-Fa-f:"), valid_ip, folded=True,
+               strip_end=":", needs=":"),
 )
 
 
@@ -155,6 +169,8 @@ def _candidates(text: str, active: Iterable[Recognizer]) -> list[tuple[int, int,
     folded = fold(text)
     found = []
     for rank, recognizer in enumerate(active):
+        if recognizer.needs and recognizer.needs not in folded:
+            continue
         for match in recognizer.pattern.finditer(folded if recognizer.folded else text):
             start, end = match.span()
             value = match.group()

@@ -6,9 +6,9 @@ Each function takes what a recognizer's pattern matched (separators included) an
 |-----------|-----------------------------------------------------------------------------------------------|
 | ID_NUMBER | 18 chars: province code, real birth date (1900..today), ISO 7064 mod 11-2 check digit          |
 |           | 15 digits (issued until 2013, no check digit): province code and real birth date 19YYMMDD      |
-| BANK_CARD | 13-19 digits, issuer digit 2-6 or 9 (15 digits: 34/37), Luhn; never ID-shaped (see below)    |
+| BANK_CARD | 13-19 digits, issuer 2-6 or 95 (15 digits: 34/37), Luhn; never ID-shaped (see below)         |
 | EMAIL     | any domain but the reserved example/test ones                                                  |
-| IP        | any address but documentation ranges, loopback, unspecified and netmasks (IPv6: with a digit)  |
+| IP        | any address but documentation ranges, loopback, unspecified, netmasks, router defaults        |
 | PHONE     | 7-15 digits, not a fictional 555-01xx number                                                   |
 
 >>> valid_prc_id("11010519491231002X"), valid_prc_id("110105194912310021")  # wrong check digit
@@ -39,6 +39,9 @@ _EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net")
 _EXAMPLE_TLDS = ("example", "invalid", "test", "localhost")
 _DOC_NETWORKS = [ipaddress.ip_network(n) for n in
                  ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+# home routers' factory addresses: in instructions ("open 192.168.1.1") they name a product default shared by
+# millions, not a person's host
+_ROUTER_DEFAULTS = frozenset(ipaddress.ip_address(a) for a in ("192.168.0.1", "192.168.1.1", "10.0.0.1"))
 
 
 def digits_of(text: str) -> str:
@@ -78,14 +81,16 @@ def id_shaped(digits: str) -> bool:
 
 
 def valid_bank_card(text: str) -> bool:
-    """13-19 digits with a bank's issuer digit (ISO/IEC 7812: 2-6 banking, 9 national, e.g. old Chinese 95xx
-    debit cards) that pass Luhn. Numbers starting 0, 1, 7 or 8 are timestamps, order numbers and phones.
+    """13-19 digits with a bank's issuer digit (ISO/IEC 7812: 2-6 banking, and 95, old Chinese debit cards) that
+    pass Luhn. Numbers starting 0, 1, 7 or 8 are timestamps, order numbers and phones.
 
     15 digits are a card only as American Express (34, 37), the one issuer of 15-digit numbers: any other 15-digit
     number is a first-generation resident ID's shape, which only the ID rules decide."""
     digits = digits_of(text)
     if not (13 <= len(digits) <= 19 and digits.isdigit() and digits[0] in "234569") or id_shaped(digits):
         return False
+    if digits[0] == "9" and digits[1] != "5":
+        return False  # 978/979 are ISBN-13s and EANs; the 9 cards in use are Chinese banks' 95xx
     return (len(digits) != 15 or digits[:2] in ("34", "37")) and luhn.is_valid(digits)
 
 
@@ -106,7 +111,7 @@ def valid_ip(text: str) -> bool:
         address = ipaddress.ip_address(text.split("%", 1)[0])  # fe80::1%eth0: the zone is not the address
     except ValueError:
         return False
-    if address.is_loopback or address.is_unspecified or _netmask(address):
+    if address.is_loopback or address.is_unspecified or _netmask(address) or address in _ROUTER_DEFAULTS:
         return False
     if address.version == 6 and not any(c.isdigit() for c in text):
         return False  # "A::B", "dead::beef": C++ names and words, not hosts (real addresses hold a digit)
@@ -114,5 +119,9 @@ def valid_ip(text: str) -> bool:
 
 
 def valid_phone(text: str) -> bool:
+    """7-15 digits (E.164), not a fictional 555-01xx; "+" and more than 13 digits without a separator is a sum's
+    line ("+960397912423686"), not a phone: written that way, phones have at most 13 (+86 and a mobile)."""
     digits = re.sub(r"[^0-9]", "", text)
-    return not re.search(r"555[ .-]?01[0-9][0-9]$", text) and 7 <= len(digits) <= 15  # 555-01xx are fictional
+    if text.startswith("+") and text[1:].isdigit() and len(digits) > 13:
+        return False
+    return not re.search(r"555[ .-]?01[0-9][0-9]$", text) and 7 <= len(digits) <= 15
