@@ -7,7 +7,8 @@ import json
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from tuneloop.serve.canary import CanaryConfig, arm_for, canary_status, create_router, sprt
 from tuneloop.serve.server import run_in_background
@@ -127,3 +128,64 @@ def test_canary_status_command_shows_both_arms_and_the_decision(backends, tmp_pa
     result = CliRunner().invoke(app, ["canary", "status", "--traces", str(tmp_path / "t.db")])
     assert result.exit_code == 0, result.output
     assert "ROLLBACK" in result.output and "stable" in result.output and "canary" in result.output
+
+
+def echo_auth_backend() -> FastAPI:
+    """A backend that answers with the Authorization header it received (and refuses calls without one)."""
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    def models(request: Request):
+        if not request.headers.get("authorization"):
+            return JSONResponse({"error": {"message": "no key"}}, status_code=401)
+        return {"object": "list", "data": [{"id": "echo", "object": "model", "created": 0, "owned_by": "test"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(request: Request):
+        seen = request.headers.get("authorization") or ""
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "echo",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps({"intent": seen})},
+                             "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+
+    return app
+
+
+def test_the_callers_authorization_reaches_url_backends_and_every_router_path_needs_the_key(tmp_path):
+    with run_in_background(echo_auth_backend()) as echo:
+        config = CanaryConfig(f"{echo}/v1", f"{echo}/v1", weight=0.5, api_key="router-key")
+        with run_in_background(create_router(config, str(tmp_path / "t.db"))) as root:
+            for path in ("/canary", "/docs", "/v1/models"):
+                assert httpx.get(f"{root}{path}").status_code == 401
+                assert httpx.get(f"{root}{path}", headers={"authorization": "Bearer nope"}).status_code == 401
+            key = {"authorization": "Bearer router-key"}
+            assert httpx.get(f"{root}/canary", headers=key).json()["decision"] == "collecting"
+            assert httpx.get(f"{root}/v1/models", headers=key).status_code == 200
+            for user in ("u1", "u2", "u3", "u4"):
+                answer = httpx.post(f"{root}/v1/chat/completions", headers=key, json={
+                    "model": "m", "user": user, "messages": [{"role": "user", "content": "x"}]}).json()
+                assert json.loads(answer["choices"][0]["message"]["content"]) == {"intent": "Bearer router-key"}
+
+
+def test_the_gate_counts_each_call_without_rescanning_the_store(backends, tmp_path, monkeypatch):
+    scans = []
+    original = TraceStore.iter_outcomes
+
+    def counted(self, *args, **kwargs):
+        scans.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TraceStore, "iter_outcomes", counted)
+    good, bad = backends
+    arms, state = route(CanaryConfig(good, bad, weight=0.5, min_samples=10), tmp_path / "t.db",
+                        [f"user-{i}" for i in range(40)])
+    assert len(scans) == 1  # once, when the gate starts
+    assert state["arms"]["canary"]["requests"] == arms.count("canary")
+    assert state["arms"]["stable"]["requests"] == arms.count("stable")
+    with TraceStore(tmp_path / "t.db") as store:  # the running counts equal a full recount
+        assert state["arms"] == {arm: {k: v for k, v in m.items()} for arm, m in _recount(store).items()}
+
+
+def _recount(store):
+    from tuneloop.serve.canary import arm_metrics
+
+    return arm_metrics(store, since=0)

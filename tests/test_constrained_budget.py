@@ -109,3 +109,29 @@ def test_constrained_and_free_rows_share_a_batch(engine):
     assert results[0].completion_tokens <= 12
     for result in results[1:]:
         jsonschema.validate(json.loads(result.text), SCHEMAS[1])
+
+
+def test_constrained_eval_decodes_with_the_serving_engine_and_never_cuts_an_answer(tiny_model_dir):
+    """eval's constrained mode is the server's decoder: with max_new_tokens a little above the shortest answer,
+    every answer closes and validates (its own xgrammar processor used to cut them at max_new_tokens)."""
+    from tuneloop.eval.backends import LocalBackend, ServedConstraint, schema_constraint
+    from tuneloop.models import load_causal_lm
+    from tuneloop.serve.grammar import ResponseFormatError
+
+    model, tokenizer = load_causal_lm(str(tiny_model_dir), dtype=torch.float32, device="cpu")
+    schema = SCHEMAS[1]
+    constraint = schema_constraint(model, tokenizer, schema)
+    assert isinstance(constraint, ServedConstraint)
+    shortest = constraint.engine.grammars.row(constraint.engine.grammars.compile(constraint.response_format)).closing_length()
+    backend = LocalBackend(model, tokenizer, batch_size=4, max_new_tokens=shortest + 6, do_sample=True)
+    prompts = [backend.render([{"role": "user", "content": f"ticket {i}"}]) for i in range(8)]
+    generations = backend.generate(prompts, constraint)
+    assert [g.finish_reason for g in generations] == ["stop"] * 8 and not any(g.error for g in generations)
+    for generation in generations:
+        jsonschema.validate(json.loads(generation.text), schema)
+    too_short = LocalBackend(model, tokenizer, batch_size=4, max_new_tokens=shortest - 1)
+    with pytest.raises(ResponseFormatError, match="max_new_tokens"):
+        too_short.generate(prompts, constraint)
+    with pytest.raises(ResponseFormatError, match="not"):  # the same coverage check as the server's
+        schema_constraint(model, tokenizer, {"type": "object", "properties": {"a": {"type": "integer"}},
+                                             "not": {"required": ["a"]}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -28,12 +29,13 @@ def test_command_pins_dtype_length_memory_generation_config_and_the_export_templ
     assert "--trust-remote-code" not in command and "--tool-call-parser" not in command
 
 
-def test_command_adds_tool_parser_remote_code_and_key_only_when_asked(tmp_path):
+def test_command_adds_tool_parser_remote_code_only_when_asked_and_never_the_key(tmp_path):
     command = build_command(VLLMSettings(str(tmp_path), "m", trust_remote_code=True, tool_call_parser="hermes",
-                                         api_key="k", tensor_parallel_size=2), executable="/opt/vllm/bin/vllm")
+                                         api_key="k-secret", tensor_parallel_size=2), executable="/opt/vllm/bin/vllm")
     assert command[0] == "/opt/vllm/bin/vllm"
     assert "--trust-remote-code" in command and "--enable-auto-tool-choice" in command
-    assert option(command, "--tool-call-parser") == "hermes" and option(command, "--api-key") == "k"
+    assert option(command, "--tool-call-parser") == "hermes"
+    assert "--api-key" not in command and not any("k-secret" in part for part in command)
     assert option(command, "--tensor-parallel-size") == "2"
     assert "--chat-template" not in command  # a folder without chat_template.jinja keeps its tokenizer's own
 
@@ -75,3 +77,33 @@ def test_cli_prints_the_command_and_how_to_install_when_vllm_is_missing(tiny_mod
     assert result.exit_code == 1
     assert f"vllm serve {tiny_model_dir} --served-model-name t" in result.output
     assert "own environment" in result.output and "pip install vllm" in result.output
+
+
+def test_launch_hands_the_key_to_vllm_through_its_environment_not_argv(tmp_path, monkeypatch):
+    from tuneloop.serve.vllm import launch
+
+    seen = tmp_path / "seen.json"
+    fake = tmp_path / "vllm"
+    fake.write_text("#!/bin/sh\n"
+                    f"python3 -c 'import json,os,sys; json.dump({{\"argv\": sys.argv[1:], \"key\": os.environ.get(\"VLLM_API_KEY\")}}, open(\"{seen}\", \"w\"))' \"$@\"\n"
+                    "exit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("VLLM_API_KEY", "stale-from-the-shell")
+    settings = VLLMSettings(str(tmp_path), "m", port=9, api_key="k-secret")
+    with pytest.raises(VLLMError, match="exited with code 3"):
+        launch(settings, str(fake), timeout_s=20)
+    recorded = json.loads(seen.read_text())
+    assert recorded["key"] == "k-secret"
+    assert not any("k-secret" in part for part in recorded["argv"])
+
+
+@pytest.mark.skipif(shutil.which("vllm") is not None, reason="vllm is installed here: the CLI would launch it")
+def test_cli_never_prints_the_key(tiny_model_dir, tmp_path, monkeypatch):
+    from tuneloop.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tuneloop.yaml").write_text("serve: {backend: vllm, api_key_env: MY_KEY}\n")
+    monkeypatch.setenv("MY_KEY", "k-very-secret")
+    result = CliRunner().invoke(app, ["serve", "--model", str(tiny_model_dir), "--name", "t"])
+    assert result.exit_code == 1
+    assert "k-very-secret" not in result.output and "VLLM_API_KEY" in result.output

@@ -42,15 +42,26 @@ def serve(
     tool_call_parser: str = typer.Option(None, "--tool-call-parser", help="vLLM: parser when the task uses tools (e.g. hermes)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="vLLM: allow the model's own code."),
     vllm: str = typer.Option(None, "--vllm", help="vLLM: path of the vllm executable (its own environment)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
+    check_schema: Path = typer.Option(None, "--check-schema", help="List what constrained decoding enforces of "
+                                      "this JSON Schema file, then exit (non-zero when a keyword is refused)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible API (embedded or vLLM), or run a canary between two backends.
 
     Example: tuneloop serve --model exports/ticket-v2 --port 8000
+    Example: tuneloop serve --check-schema schemas/ticket.json
     """
+    if check_schema is not None:
+        return _check_schema(check_schema)
     project, config = _project_defaults()
     host = host or (config.host if config else "127.0.0.1")
     port = port or (config.port if config else 8000)
     api_key = os.environ.get(config.api_key_env) if config and config.api_key_env else None
+    if config and config.api_key_env and not api_key:
+        raise UserError(f"serve.api_key_env names {config.api_key_env}, which is not set; export it or drop the key.")
+    if not api_key and not insecure and not _is_loopback(host):
+        raise UserError(f"--host {host} exposes the server beyond this machine without an API key; set "
+                        "serve.api_key_env in tuneloop.yaml (and that variable), or pass --insecure.")
     store = _store_path(traces)
     if stable or canary:
         if not (stable and canary):
@@ -68,11 +79,44 @@ def serve(
     uvicorn.run(create_app(model, store, model_name=name, api_key=api_key), host=host, port=port, log_level="info")
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_schema(path: Path) -> None:
+    """Print each keyword's verdict (enforced, annotation, refused); exit 1 when any is refused."""
+    from tuneloop.serve.coverage import schema_coverage
+
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such schema file.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        line = f", line {err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise UserError(f"{path}{line}: not a JSON file ({err}); fix the JSON and retry.") from None
+    coverage = schema_coverage(schema)
+    for verdict in coverage.keywords:
+        colour = {"enforced": "green", "annotation": "dim", "refused": "red"}[verdict.verdict]
+        console.print(f"[{colour}]{verdict.line()}[/]", highlight=False, soft_wrap=True)
+    if not coverage.ok:
+        raise UserError(f"{path}: {len(coverage.refused)} keyword(s) the constrained decoder cannot enforce; requests "
+                        "with this schema get a 400. Rewrite them with enforced keywords.")
+    console.print(f"{path}: every keyword is enforced ({len(coverage.enforced)} enforced, "
+                  f"{len(coverage.keywords) - len(coverage.enforced)} annotations).")
+
+
 def _serve_vllm(model: str, name: str | None, host: str, port: int, max_model_len: int, memory: float,
                 tool_call_parser: str | None, trust_remote_code: bool, executable: str | None,
                 api_key: str | None) -> None:
     from tuneloop.models import resolve_model
-    from tuneloop.serve.vllm import INSTALL_HINT, VLLMSettings, build_command, find_vllm, launch
+    from tuneloop.serve.vllm import INSTALL_HINT, KEY_ENV, VLLMSettings, build_command, find_vllm, launch
 
     folder = resolve_model(model)
     settings = VLLMSettings(folder, name or Path(folder).name, host, port, max_model_len=max_model_len,
@@ -80,7 +124,8 @@ def _serve_vllm(model: str, name: str | None, host: str, port: int, max_model_le
                             tool_call_parser=tool_call_parser, api_key=api_key)
     found = find_vllm(executable)
     command = build_command(settings, found or "vllm")
-    console.print("vllm command:\n  " + " ".join(command), highlight=False, soft_wrap=True)
+    prefix = f"{KEY_ENV}=<key from serve.api_key_env> " if api_key else ""  # the key itself is never printed
+    console.print("vllm command:\n  " + prefix + " ".join(command), highlight=False, soft_wrap=True)
     if found is None:
         console.print(INSTALL_HINT, highlight=False, soft_wrap=True)
         raise typer.Exit(1)

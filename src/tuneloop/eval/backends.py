@@ -71,11 +71,14 @@ class LocalBackend:
         """The chat template applied the way training renders it, with the assistant turn opened."""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: Sequence[str], logits_processor_factory: Callable[[], Any] | None = None,
+    def generate(self, prompts: Sequence[str], logits_processor_factory: Callable[[], Any] | ServedConstraint | None = None,
                  progress: Progress | None = None) -> list[Generation]:
-        """Answers for rendered prompts; `logits_processor_factory` makes a constraint per batch (e.g. a schema)."""
+        """Answers for rendered prompts; `logits_processor_factory` makes a constraint per batch, and a
+        `ServedConstraint` (from `schema_constraint`) decodes with the serving engine instead."""
         import torch
 
+        if isinstance(logits_processor_factory, ServedConstraint):
+            return self._generate_served(prompts, logits_processor_factory, progress)
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         results: list[Generation | None] = [None] * len(encoded)
         device = next(self.model.parameters()).device
@@ -112,6 +115,40 @@ class LocalBackend:
         return [r for r in results if r is not None]
 
 
+    def _generate_served(self, prompts: Sequence[str], constraint: ServedConstraint,
+                         progress: Progress | None) -> list[Generation]:
+        """Constrained answers through the serving engine, batch by batch; a broken answer carries an error."""
+        from tuneloop.serve.generation import GenerationRequest
+        from tuneloop.serve.grammar import ResponseFormatError
+        from tuneloop.serve.outcome import constrained_failure, judge_output
+
+        engine = constraint.engine
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        results: list[Generation | None] = [None] * len(encoded)
+        temperature = self.temperature if self.do_sample else 0.0
+        for batch in length_sorted_batches([len(ids) for ids in encoded], self.batch_size):
+            requests = [GenerationRequest(list(encoded[i]), self.max_new_tokens, temperature, seed=self.seed + i,
+                                          response_format=constraint.response_format) for i in batch]
+            started = time.perf_counter()
+            try:
+                rows = [engine.prepare(request) for request in requests]
+            except ResponseFormatError as err:  # too few tokens for any complete answer: the whole run is wrong
+                raise ResponseFormatError(f"{err} In eval: raise eval.max_new_tokens (--max-new-tokens).") from None
+            answers = engine.run(rows)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            for index, answer in zip(batch, answers):
+                broken = constrained_failure(answer.finish_reason, judge_output(answer.text, constraint.response_format),
+                                             constraint.response_format)
+                results[index] = Generation(
+                    text=answer.text, finish_reason="schema_invalid" if broken else answer.finish_reason,
+                    prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                    latency_ms=elapsed_ms, error=broken,
+                )
+            if progress:
+                progress(len(batch))
+        return [r for r in results if r is not None]
+
+
 def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
@@ -120,21 +157,27 @@ def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def schema_constraint(model: Any, tokenizer: Any, schema: dict[str, Any]) -> Callable[[], Any]:
-    """A factory of logits processors that only let the model write JSON valid under `schema` (xgrammar).
+@dataclass
+class ServedConstraint:
+    """Schema-constrained decoding exactly as `tuneloop serve` does it: the serving engine's grammar, its
+    closing budget (answers close within max_new_tokens) and its validation after generation."""
 
-    The grammar is compiled once; each `generate` call needs a fresh processor (it holds per-row matchers).
+    engine: Any  # tuneloop.serve.generation.Engine
+    response_format: dict[str, Any]
+
+
+def schema_constraint(model: Any, tokenizer: Any, schema: dict[str, Any]) -> ServedConstraint:
+    """The serving engine's constrained decoder for `schema`, for `LocalBackend.generate`.
+
+    The schema is checked first, as the server checks it: a keyword the engine cannot enforce stops the eval with
+    an error that names it (see `tuneloop serve --check-schema`), instead of measuring an unenforced constraint.
     """
-    import json
+    from tuneloop.serve.generation import Engine  # one constrained decoder: eval measures what is served
+    from tuneloop.serve.grammar import check_response_format
 
-    import xgrammar
-    from xgrammar.contrib.hf import LogitsProcessor
-
-    info = xgrammar.TokenizerInfo.from_huggingface(
-        tokenizer, vocab_size=model.config.vocab_size, stop_token_ids=sorted(end_token_ids(model, tokenizer))
-    )
-    compiled = xgrammar.GrammarCompiler(info).compile_json_schema(json.dumps(schema), strict_mode=True)
-    return lambda: LogitsProcessor(compiled)
+    response_format = json_schema_format(schema)
+    check_response_format(response_format)
+    return ServedConstraint(Engine(model, tokenizer), response_format)
 
 
 def json_schema_format(schema: dict[str, Any], name: str = "answer") -> dict[str, Any]:

@@ -11,11 +11,16 @@ gate  failure = transport/HTTP error, refusal, or (when JSON was asked for) an a
       log LR ≥ log((1-β)/α) → rollback (all traffic to stable, persisted); ≤ log(β/(1-α)) → promote.
 ```
 A user id always lands on the same arm (sha256 of the id), so one user never flips between models.
+The gate reads the trace store once, at start, and then counts each call as it is traced (no rescans).
+The router forwards the caller's Authorization header to URL backends, and with an API key set every path
+(`/canary` and the docs too) needs it.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import hmac
 import json
 import math
 import time
@@ -59,27 +64,40 @@ def is_failure(outcome: dict[str, Any]) -> bool:
     return outcome["constrained"] and not (outcome["json_valid"] and outcome["schema_valid"] is not False)
 
 
-def arm_metrics(store: TraceStore, since: float | None = None) -> dict[str, dict[str, Any]]:
-    """Per arm: requests, failures, JSON/schema-valid, refusal and error rates, latency p50/p95."""
-    rows: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
-    for outcome in store.iter_outcomes(since=since):
-        if outcome["arm"] in rows:
-            rows[outcome["arm"]].append(outcome)
-    metrics = {}
-    for arm, outcomes in rows.items():
-        n = len(outcomes)
-        latencies = sorted(o["latency_ms"] for o in outcomes)
+class ArmCounts:
+    """Running totals of one arm's outcomes, updated one call at a time."""
+
+    def __init__(self) -> None:
+        self.requests = self.failures = self.json_valid = self.schema_valid = self.refusals = self.errors = 0
+        self.latencies: list[float] = []  # kept sorted (bisect) for the percentiles
+
+    def add(self, outcome: dict[str, Any]) -> None:
+        self.requests += 1
+        self.failures += is_failure(outcome)
+        self.json_valid += bool(outcome["json_valid"])
+        self.schema_valid += outcome["schema_valid"] is not False
+        self.refusals += bool(outcome["refusal"])
+        self.errors += outcome["error"] is not None
+        bisect.insort(self.latencies, outcome["latency_ms"])
+
+    def metrics(self) -> dict[str, Any]:
+        n, latencies = self.requests, self.latencies
         rate = (lambda k: round(k / n, 4) if n else None)
-        metrics[arm] = {
-            "requests": n, "failures": sum(is_failure(o) for o in outcomes),
-            "json_valid": rate(sum(bool(o["json_valid"]) for o in outcomes)),
-            "schema_valid": rate(sum(o["schema_valid"] is not False for o in outcomes)),
-            "refusal": rate(sum(bool(o["refusal"]) for o in outcomes)),
-            "errors": rate(sum(o["error"] is not None for o in outcomes)),
+        return {
+            "requests": n, "failures": self.failures, "json_valid": rate(self.json_valid),
+            "schema_valid": rate(self.schema_valid), "refusal": rate(self.refusals), "errors": rate(self.errors),
             "latency_p50_ms": round(latencies[n // 2], 1) if n else None,
             "latency_p95_ms": round(latencies[min(n - 1, int(n * 0.95))], 1) if n else None,
         }
-    return metrics
+
+
+def arm_metrics(store: TraceStore, since: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per arm: requests, failures, JSON/schema-valid, refusal and error rates, latency p50/p95."""
+    counts = {arm: ArmCounts() for arm in ARMS}
+    for outcome in store.iter_outcomes(since=since):
+        if outcome["arm"] in counts:
+            counts[outcome["arm"]].add(outcome)
+    return {arm: count.metrics() for arm, count in counts.items()}
 
 
 def sprt(stable_failures: int, stable_n: int, canary_failures: int, canary_n: int, alpha: float, beta: float,
@@ -103,7 +121,7 @@ def sprt(stable_failures: int, stable_n: int, canary_failures: int, canary_n: in
 
 
 class CanaryGate:
-    """Reads both arms from the trace store and persists the decision; rollback is final."""
+    """Counts both arms (the store once at start, then each traced call) and persists the decision; rollback is final."""
 
     def __init__(self, store: TraceStore, config: CanaryConfig):
         self.store, self.config = store, config
@@ -112,14 +130,23 @@ class CanaryGate:
         same = (state.get("stable_url"), state.get("canary_url")) == (config.stable_url, config.canary_url)
         self.started = state["started"] if same and state.get("started") else time.time()
         self.state = state if same else {"decision": "collecting"}
+        self.counts = {arm: ArmCounts() for arm in ARMS}
+        for outcome in store.iter_outcomes(since=self.started):
+            if outcome["arm"] in self.counts:
+                self.counts[outcome["arm"]].add(outcome)
         self.update()
+
+    def observe(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        """Count one traced call (the fields `TraceStore.iter_outcomes` gives) and re-decide: O(1), no rescan."""
+        self.counts[outcome["arm"]].add(outcome)
+        return self.update()
 
     @property
     def rolled_back(self) -> bool:
         return self.state.get("decision") == "rollback"
 
     def update(self) -> dict[str, Any]:
-        metrics = arm_metrics(self.store, since=self.started)
+        metrics = {arm: count.metrics() for arm, count in self.counts.items()}
         test = sprt(metrics["stable"]["failures"], metrics["stable"]["requests"], metrics["canary"]["failures"],
                     metrics["canary"]["requests"], self.config.alpha, self.config.beta, self.config.margin,
                     self.config.min_samples)
@@ -151,15 +178,26 @@ def create_router(config: CanaryConfig, trace_store_path: str) -> FastAPI:
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if config.api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {config.api_key}":
-                return JSONResponse({"error": {"message": "missing or wrong API key"}}, status_code=401)
+        if config.api_key:  # every path: /v1/*, /canary (the gate's state), /docs
+            given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Bearer {config.api_key}".encode()):
+                return JSONResponse({"error": {"message": "missing or wrong API key: send `Authorization: Bearer "
+                                               "<key>`.", "type": "authentication_error"}}, status_code=401)
         return await call_next(request)
 
+    def forwarded(request: Request) -> dict[str, str]:
+        """The caller's credentials, passed on to the backend it is routed to."""
+        auth = request.headers.get("authorization")
+        return {"authorization": auth} if auth else {}
+
     @app.get("/v1/models")
-    async def models():
-        response = await client.get(f"{urls['stable']}/models")
-        return JSONResponse(response.json(), status_code=response.status_code)
+    async def models(request: Request):
+        try:
+            response = await client.get(f"{urls['stable']}/models", headers=forwarded(request))
+        except httpx.HTTPError as err:
+            return JSONResponse({"error": {"message": f"stable backend unreachable: {err}"}}, status_code=502)
+        return JSONResponse(response.json() if _is_json(response) else {"error": {"message": response.text}},
+                            status_code=response.status_code)
 
     @app.get("/canary")
     async def status():
@@ -175,7 +213,12 @@ def create_router(config: CanaryConfig, trace_store_path: str) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await request.json()
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return JSONResponse({"error": {"message": "request body is not UTF-8 JSON."}}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": {"message": "request body must be a JSON object."}}, status_code=400)
         user = body.get("user") or request.headers.get("x-user-id") or uuid.uuid4().hex
         arm = "stable" if gate.rolled_back else arm_for(user, config.weight)
         trace_id, started = new_trace_id(), time.perf_counter()
@@ -183,21 +226,23 @@ def create_router(config: CanaryConfig, trace_store_path: str) -> FastAPI:
         def record(output: str, status_code: int, error: str | None, model: str | None, usage: dict | None,
                    finish: str | None) -> None:
             outcome = judge_output(output, body.get("response_format"))
+            latency_ms = (time.perf_counter() - started) * 1000
             store.record(Trace(
                 id=trace_id, created_at=time.time(), model=model or body.get("model") or arm, arm=arm,
                 user=body.get("user"), messages=body.get("messages") or [], output=output,
-                response_format=body.get("response_format"), latency_ms=(time.perf_counter() - started) * 1000,
+                response_format=body.get("response_format"), latency_ms=latency_ms,
                 prompt_tokens=(usage or {}).get("prompt_tokens", 0), completion_tokens=(usage or {}).get("completion_tokens", 0),
                 json_valid=outcome.json_valid, schema_valid=outcome.schema_valid, refusal=outcome.refusal,
                 finish_reason=finish, error=error, status_code=status_code))
-            if arm == "canary":
-                gate.update()
+            gate.observe({"arm": arm, "json_valid": outcome.json_valid, "schema_valid": outcome.schema_valid,
+                          "refusal": outcome.refusal, "latency_ms": latency_ms, "error": error,
+                          "constrained": body.get("response_format") is not None})
 
         if body.get("stream"):
-            return StreamingResponse(_proxy_stream(client, urls[arm], body, trace_id, record),
+            return StreamingResponse(_proxy_stream(client, urls[arm], body, trace_id, record, forwarded(request)),
                                      media_type="text/event-stream", headers={"X-Trace-Id": trace_id, "X-Arm": arm})
         try:
-            response = await client.post(f"{urls[arm]}/chat/completions", json=body)
+            response = await client.post(f"{urls[arm]}/chat/completions", json=body, headers=forwarded(request))
         except httpx.HTTPError as err:
             record("", 502, f"{type(err).__name__}: {err}", None, None, None)
             return JSONResponse({"error": {"message": f"{arm} backend unreachable: {err}"}}, status_code=502)
@@ -219,10 +264,11 @@ def _is_json(response: httpx.Response) -> bool:
     return response.headers.get("content-type", "").startswith("application/json")
 
 
-async def _proxy_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], trace_id: str, record):
+async def _proxy_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], trace_id: str, record,
+                        headers: dict[str, str]):
     text, finish, model, error, status = [], None, None, None, 200
     try:
-        async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
+        async with client.stream("POST", f"{url}/chat/completions", json=body, headers=headers) as response:
             status = response.status_code
             async for line in response.aiter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":

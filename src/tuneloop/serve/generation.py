@@ -7,8 +7,11 @@ requests ──▶ BatchingGenerator (one worker thread) ──▶ Engine.genera
                                                         pass, then per row: temperature / top-p / seed →
                                                         budget check → token
 ```
-Rows finish on a stop token, a stop string, a completed grammar or `max_tokens`; finished rows keep a place in
-the batch (fed the pad token) until the whole batch is done. `on_text` callbacks receive text as it becomes
+Rows finish on a stop token, a stop string, a completed grammar, `max_tokens` or a cancel (the client left);
+finished rows keep a place in the batch (fed the pad token) until the whole batch is done. Each request is
+prepared on its own (`Engine.prepare`: grammar, closing budget) before it joins a batch, so a schema that does
+not compile fails only its own request. The queue is bounded: `submit` raises `QueueFull` instead of letting
+waiting requests pile up without limit. `on_text` callbacks receive text as it becomes
 final (held back while it could still turn into a stop string), which is how the server streams.
 """
 
@@ -24,7 +27,11 @@ from typing import Any
 
 import torch
 
-from tuneloop.serve.grammar import Budget, ConstrainedRow, Grammars
+from tuneloop.serve.grammar import Budget, ConstrainedRow, Grammars, ResponseFormatError
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than the server queues; the client should retry later."""
 
 
 @dataclass
@@ -38,6 +45,7 @@ class GenerationRequest:
     response_format: dict[str, Any] | None = None
     min_tokens: int = 0  # free text only: stop tokens are masked until this many tokens are written
     on_text: Callable[[str], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop generating (client left)
 
 
 @dataclass
@@ -92,18 +100,34 @@ class Engine:
         self.grammars = Grammars(tokenizer, self.vocab_size, self.stop_token_ids)
         self.device = next(model.parameters()).device
 
+    def prepare(self, request: GenerationRequest) -> _Row:
+        """One request's decoding state: its grammar and a closing budget that fits `max_tokens`.
+
+        Raises ResponseFormatError when the schema cannot be enforced or no complete answer fits in max_tokens
+        (a constrained answer is never cut silently).
+        """
+        compiled = self.grammars.compile(request.response_format)
+        grammar = self.grammars.row(compiled) if compiled is not None else None
+        row = _Row(request, grammar, self.greedy_default)
+        if row.budget is not None and row.budget.path is None:
+            shortest = grammar.closing_length(limit=4096)
+            need = f"its shortest answer takes {shortest} tokens" if shortest is not None else "no answer closes"
+            raise ResponseFormatError(f"max_tokens {request.max_tokens} cannot hold a complete answer to this "
+                                      f"schema ({need}); raise max_tokens.")
+        return row
+
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         """Prompt ids with the model's own chat template and the generation prompt (as in training)."""
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
-    @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        rows = []
-        for request in requests:
-            compiled = self.grammars.compile(request.response_format)
-            grammar = self.grammars.row(compiled) if compiled is not None else None
-            rows.append(_Row(request, grammar, self.greedy_default))
+        return self.run([self.prepare(request) for request in requests])
+
+    @torch.inference_mode()
+    def run(self, rows: list[_Row]) -> list[GenerationResult]:
+        """Decode prepared rows as one batch."""
+        requests = [row.request for row in rows]
         width = max(len(r.prompt_ids) for r in requests)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -123,6 +147,8 @@ class Engine:
                 self.grammars.mask([rows[i].grammar for i in constrained], logits, constrained)
             next_ids = torch.full((len(rows),), self.pad_id, dtype=torch.long)
             for i, row in enumerate(rows):
+                if row.finish_reason is None and row.request.cancelled.is_set():
+                    row.finish_reason = "cancelled"
                 if row.finish_reason is None:
                     next_ids[i] = self._next_token(row, logits[i])
             if all(r.finish_reason is not None for r in rows):
@@ -195,18 +221,24 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
 class BatchingGenerator:
     """One worker thread that gathers concurrent requests into batches for an Engine."""
 
-    def __init__(self, engine: Engine, max_batch: int = 8, wait_s: float = 0.005):
+    def __init__(self, engine: Engine, max_batch: int = 8, wait_s: float = 0.005, max_queue: int = 64):
         self.engine = engine
         self.max_batch = max_batch
         self.wait_s = wait_s
-        self._queue: queue.Queue[tuple[GenerationRequest, concurrent.futures.Future] | None] = queue.Queue()
+        self.max_queue = max_queue
+        self._queue: queue.Queue[tuple[GenerationRequest | _Row, concurrent.futures.Future] | None] = queue.Queue()
+        self._waiting = threading.BoundedSemaphore(max_queue)
         self._thread = threading.Thread(target=self._work, name="tuneloop-batcher", daemon=True)
         self.batches = 0
         self.largest_batch = 0
         self._thread.start()
 
-    def submit(self, request: GenerationRequest) -> concurrent.futures.Future:
+    def submit(self, request: GenerationRequest | _Row) -> concurrent.futures.Future:
+        """Queue a request (or a row from `Engine.prepare`); QueueFull when `max_queue` are already waiting."""
+        if not self._waiting.acquire(blocking=False):
+            raise QueueFull(f"{self.max_queue} requests are already waiting")
         future: concurrent.futures.Future = concurrent.futures.Future()
+        future.add_done_callback(lambda _: self._waiting.release())
         self._queue.put((request, future))
         return future
 
@@ -230,13 +262,22 @@ class BatchingGenerator:
                     self._queue.put(None)
                     break
                 batch.append(more)
+            rows, futures = [], []
+            for request, future in batch:
+                try:  # a request that cannot be prepared fails alone, never its batch
+                    rows.append(request if isinstance(request, _Row) else self.engine.prepare(request))
+                    futures.append(future)
+                except Exception as err:
+                    future.set_exception(err)
+            if not rows:
+                continue
             self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(batch))
+            self.largest_batch = max(self.largest_batch, len(rows))
             try:
-                results = self.engine.generate([request for request, _ in batch])
+                results = self.engine.run(rows)
             except Exception as err:  # a failed batch fails its requests, never the worker
-                for _, future in batch:
+                for future in futures:
                     future.set_exception(err)
                 continue
-            for (_, future), result in zip(batch, results):
+            for future, result in zip(futures, results):
                 future.set_result(result)

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import torch
 import xgrammar as xgr
 
 CLOSERS = frozenset(b'"}]')
+CACHE_SIZE = 64  # compiled grammars kept (least recently used goes first): clients cannot grow memory without bound
 
 
 class ResponseFormatError(ValueError):
@@ -52,7 +54,8 @@ def grammar_key(response_format: dict[str, Any] | None) -> str | None:
     if kind == "json_object":
         return "json_object"
     if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise ResponseFormatError("response_format json_schema needs json_schema.schema as a JSON object.")
         return "schema:" + json.dumps(schema, sort_keys=True)
@@ -65,6 +68,18 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
     return None
 
 
+def check_response_format(response_format: dict[str, Any] | None) -> str | None:
+    """The grammar key of an enforceable response_format; ResponseFormatError naming what cannot be enforced."""
+    from tuneloop.serve.coverage import schema_coverage
+
+    key = grammar_key(response_format)
+    if key is not None and key != "json_object":
+        coverage = schema_coverage(response_schema(response_format))
+        if not coverage.ok:
+            raise ResponseFormatError(coverage.message() + ". Drop or rewrite them (`tuneloop serve --check-schema FILE`).")
+    return key
+
+
 class Grammars:
     """Compiles and caches grammars for one tokenizer, and owns the token tables the closing policy uses."""
 
@@ -73,7 +88,8 @@ class Grammars:
         self.stop_token_ids = list(stop_token_ids)
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_token_ids)
         self.compiler = xgr.GrammarCompiler(info, max_threads=2)
-        self._cache: dict[str, xgr.CompiledGrammar] = {}
+        self._cache: OrderedDict[str, xgr.CompiledGrammar] = OrderedDict()
+        self.cache_size = CACHE_SIZE
         self._lock = threading.Lock()
         self._batch_bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -131,22 +147,34 @@ class Grammars:
         return tables
 
     def compile(self, response_format: dict[str, Any] | None) -> xgr.CompiledGrammar | None:
-        key = grammar_key(response_format)
+        """The grammar of a response_format (cached, LRU); ResponseFormatError when it cannot be enforced."""
+        key = check_response_format(response_format)
         if key is None:
             return None
         with self._lock:
-            if key not in self._cache:
-                try:
-                    if key == "json_object":
-                        compiled = self.compiler.compile_json_schema(
-                            {"type": "object"}, any_whitespace=False, strict_mode=False)
-                    else:
-                        compiled = self.compiler.compile_json_schema(
-                            response_schema(response_format), any_whitespace=False, strict_mode=True)
-                except RuntimeError as err:
-                    raise ResponseFormatError(f"response_format json_schema cannot be compiled: {err}") from None
-                self._cache[key] = compiled
-            return self._cache[key]
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        # compiled outside the lock: one slow schema does not hold up requests whose grammar is cached
+        try:
+            if key == "json_object":
+                compiled = self.compiler.compile_json_schema({"type": "object"}, any_whitespace=False, strict_mode=False)
+            else:
+                compiled = self.compiler.compile_json_schema(
+                    json.dumps(response_schema(response_format)), any_whitespace=False, strict_mode=True)
+        except (RuntimeError, ValueError, TypeError) as err:
+            reason = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+            raise ResponseFormatError(f"response_format json_schema cannot be compiled: {reason}") from None
+        with self._lock:
+            self._cache[key] = compiled
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return compiled
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
 
     def mask(self, rows: list[ConstrainedRow], logits: torch.Tensor, indices: list[int]) -> None:
         """Set every forbidden logit of a batch to -inf in place: row `rows[k]` masks `logits[indices[k]]`.

@@ -39,3 +39,22 @@ def judge_output(text: str, response_format: dict[str, Any] | None) -> Outcome:
     # one refusal rule for eval and serving: a prose answer with a refusal phrase (en/zh)
     refusal = not json_valid and is_refusal(text or "")
     return Outcome(json_valid, schema_valid, refusal)
+
+
+def constrained_failure(finish_reason: str | None, outcome: Outcome, response_format: dict[str, Any] | None) -> str | None:
+    """Why a constrained answer broke its promise (cut, not JSON, not matching the schema), or None.
+
+    Serving and constrained eval both ask this, so a broken answer is an error in both, never a valid answer.
+
+    >>> constrained_failure("length", judge_output('{"a": ', {"type": "json_object"}), {"type": "json_object"})
+    'the constrained answer was cut at max_tokens before it closed'
+    """
+    if not response_format or response_format.get("type", "text") == "text" or finish_reason == "cancelled":
+        return None
+    if finish_reason == "length":
+        return "the constrained answer was cut at max_tokens before it closed"
+    if not outcome.json_valid:
+        return "the constrained answer is not JSON"
+    if outcome.schema_valid is False:
+        return "the constrained answer does not match its schema"
+    return None

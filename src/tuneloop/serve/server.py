@@ -9,7 +9,13 @@ GET  /health                 liveness and batching counters
 ```
 Requests from concurrent clients are batched by one generation worker. Each completion's `id` is its trace id;
 the trace (messages, output, model and version, latency, tokens, JSON/schema validity, finish reason) is in the
-trace store before the response (or the stream's last event) is sent.
+trace store before the response (or the stream's last event) is sent; a streaming client that leaves stops its
+generation and still leaves its trace (finish reason `cancelled`).
+
+Under abuse: bodies over `max_body_bytes` get 413, malformed ones 400 (see `serve.requests`), a full queue 429
+with `Retry-After`. Every path but /health (the docs too) needs the API key when one is set, compared in constant
+time. A constrained answer is validated against its schema after generation; one that fails (a grammar gap) is
+never a success: HTTP 500, `finish_reason` "schema_invalid" and an error, in the response and the trace.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import threading
 import time
@@ -26,30 +33,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tuneloop.records import Trace
-from tuneloop.serve.generation import BatchingGenerator, Engine, GenerationRequest, GenerationResult
-from tuneloop.serve.grammar import ResponseFormatError, grammar_key
-from tuneloop.serve.outcome import judge_output
+from tuneloop.serve.generation import BatchingGenerator, Engine, GenerationRequest, GenerationResult, QueueFull
+from tuneloop.serve.grammar import ResponseFormatError
+from tuneloop.serve.outcome import Outcome, constrained_failure, judge_output
+from tuneloop.serve.requests import BadRequest, chat_messages, parse_chat, parse_json_object, read_body
 from tuneloop.traces.store import TraceStore, new_trace_id
 
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
-    messages: list[dict[str, Any]]
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    response_format: dict[str, Any] | None = None
-    user: str | None = None
-    n: int = 1
+RETRY_AFTER_S = 1
+OPEN_PATHS = ("/health",)  # everything else (the API, /docs, /openapi.json) needs the key when one is set
 
 
 class FeedbackRequest(BaseModel):
@@ -75,16 +69,19 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
-def _text_content(content: Any) -> str:
-    if isinstance(content, list):  # OpenAI content parts: keep the text parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)
+def key_matches(header: str, api_key: str) -> bool:
+    """Constant-time comparison of an Authorization header with `Bearer <api_key>`."""
+    return hmac.compare_digest(header.encode("utf-8", "surrogateescape"), f"Bearer {api_key}".encode())
 
 
 def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model_name: str | None = None,
                api_key: str | None = None, max_batch: int = 8, default_max_tokens: int = 256,
-               engine: Engine | None = None) -> FastAPI:
-    """The FastAPI app serving `model_dir` (a folder, hub id or `default`), tracing into `trace_store_path`."""
+               engine: Engine | None = None, max_tokens_limit: int = 4096, max_body_bytes: int = 1_000_000,
+               max_queue: int = 64) -> FastAPI:
+    """The FastAPI app serving `model_dir` (a folder, hub id or `default`), tracing into `trace_store_path`.
+
+    Limits: `max_tokens_limit` per answer, `max_body_bytes` per request body, `max_queue` requests waiting.
+    """
     if engine is None:
         from tuneloop.models import load_causal_lm, resolve_model
 
@@ -96,7 +93,7 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
     else:
         version, name = "in-memory", model_name or "model"
     store = TraceStore(trace_store_path)
-    batcher = BatchingGenerator(engine, max_batch=max_batch)
+    batcher = BatchingGenerator(engine, max_batch=max_batch, max_queue=max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -109,8 +106,8 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+        if api_key and request.url.path not in OPEN_PATHS:
+            if not key_matches(request.headers.get("authorization", ""), api_key):
                 return _error(401, "missing or wrong API key: send `Authorization: Bearer <key>`.", "authentication_error")
         return await call_next(request)
 
@@ -127,9 +124,11 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
     @app.post("/v1/feedback")
     async def feedback(request: Request):
         try:
-            body = FeedbackRequest.model_validate(await request.json())
-        except (ValidationError, json.JSONDecodeError) as err:
-            return _error(400, f"feedback needs {{trace_id, score, comment}}: {err}")
+            body = FeedbackRequest.model_validate(parse_json_object(await read_body(request, max_body_bytes)))
+        except BadRequest as err:
+            return _error(err.status, str(err))
+        except ValidationError as err:
+            return _error(400, f"feedback needs {{trace_id, score, comment}}: {err.errors()[0]['msg']}")
         from tuneloop.traces.store import TraceStoreError
 
         try:
@@ -141,61 +140,117 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         try:
-            body = ChatRequest.model_validate(await request.json())
-            grammar_key(body.response_format)
-        except (ValidationError, json.JSONDecodeError, ResponseFormatError) as err:
-            return _error(400, f"bad chat completion request: {err}")
-        if body.n != 1:
-            return _error(400, "only n=1 is supported; send several requests instead.")
-        messages = [{"role": m.get("role", "user"), "content": _text_content(m.get("content"))} for m in body.messages]
-        prompt_ids = engine.encode_chat(messages)
-        max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
-        if engine.max_positions and len(prompt_ids) + max_tokens > engine.max_positions:
-            return _error(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
-                               f"{engine.max_positions} positions; shorten the prompt or lower max_tokens.")
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+            body = parse_chat(parse_json_object(await read_body(request, max_body_bytes)))
+            messages = chat_messages(body.messages)
+            max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
+            if max_tokens > max_tokens_limit:
+                raise BadRequest(400, f"max_tokens {max_tokens} is over the server's limit of {max_tokens_limit}.")
+            prompt_ids = await asyncio.to_thread(_encode, engine, messages)
+            if engine.max_positions and len(prompt_ids) + max_tokens > engine.max_positions:
+                raise BadRequest(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
+                                      f"model's {engine.max_positions} positions; shorten the prompt or lower max_tokens.")
+            stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+            gen = GenerationRequest(prompt_ids, max_tokens, body.temperature, body.top_p, body.seed, stop,
+                                    body.response_format)
+            # the schema compiles and the closing budget is sized here, for this request alone
+            row = await asyncio.to_thread(engine.prepare, gen)
+        except BadRequest as err:
+            return _error(err.status, str(err))
+        except ResponseFormatError as err:
+            return _error(400, f"bad response_format: {err}")
         trace_id, started = new_trace_id(), time.perf_counter()
-        gen = GenerationRequest(prompt_ids, max_tokens, body.temperature, body.top_p, body.seed, stop,
-                                body.response_format)
 
-        def trace(result: GenerationResult | None, error: str | None = None) -> None:
+        def trace(result: GenerationResult | None, error: str | None = None) -> Outcome:
             output = result.text if result else ""
             outcome = judge_output(output, body.response_format)
+            broken = constrained_failure(result.finish_reason, outcome, body.response_format) if result else None
+            finish = result.finish_reason if result else None
+            if broken:
+                error, finish = error or broken, "schema_invalid"
             store.record(Trace(
                 id=trace_id, created_at=time.time(), model=name, model_version=version, messages=messages,
                 output=output, response_format=body.response_format,
                 latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=len(prompt_ids),
                 completion_tokens=result.completion_tokens if result else 0, json_valid=outcome.json_valid,
                 schema_valid=outcome.schema_valid, refusal=outcome.refusal,
-                finish_reason=result.finish_reason if result else None, user=body.user, error=error,
+                finish_reason=finish, user=body.user, error=error,
             ))
+            return outcome
 
-        if body.stream:
-            return StreamingResponse(_stream(batcher, gen, trace, trace_id, name), media_type="text/event-stream",
-                                     headers={"X-Trace-Id": trace_id})
         try:
-            result = await asyncio.wrap_future(batcher.submit(gen))
+            if body.stream:
+                return _streaming(batcher, row, trace, trace_id, name, body.response_format)
+            future = batcher.submit(row)
+        except QueueFull as err:
+            return JSONResponse({"error": {"message": f"server busy: {err}; retry after {RETRY_AFTER_S} s.",
+                                           "type": "rate_limit_error", "code": 429}},
+                                status_code=429, headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            result = await asyncio.wrap_future(future)
         except Exception as err:  # recorded, then reported: a failed generation still leaves a trace
             await asyncio.to_thread(trace, None, f"{type(err).__name__}: {err}")
             return _error(500, f"generation failed: {err}", "server_error")
-        await asyncio.to_thread(trace, result)
-        return JSONResponse({
+        outcome = await asyncio.to_thread(trace, result)
+        broken = constrained_failure(result.finish_reason, outcome, body.response_format)
+        answer = {
             "id": trace_id, "object": "chat.completion", "created": int(time.time()), "model": name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "finish_reason": result.finish_reason}],
+                         "finish_reason": "schema_invalid" if broken else result.finish_reason}],
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                       "total_tokens": result.prompt_tokens + result.completion_tokens},
-        }, headers={"X-Trace-Id": trace_id})
+        }
+        if broken:  # never a success: the engine did not keep the response_format's promise
+            answer["error"] = {"message": broken, "type": "schema_validation_error", "code": 500}
+            return JSONResponse(answer, status_code=500, headers={"X-Trace-Id": trace_id})
+        return JSONResponse(answer, headers={"X-Trace-Id": trace_id})
 
     return app
 
 
-async def _stream(batcher: BatchingGenerator, gen: GenerationRequest, trace, trace_id: str,
-                  name: str) -> AsyncIterator[str]:
+def _encode(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
+    try:
+        return engine.encode_chat(messages)
+    except Exception as err:  # the model's own chat template refuses this conversation (order of roles, …)
+        raise BadRequest(400, f"the model's chat template rejects these messages: {str(err)[:200]}") from None
+
+
+def _streaming(batcher: BatchingGenerator, row: Any, trace, trace_id: str, name: str,
+               response_format: dict[str, Any] | None) -> StreamingResponse:
+    """Submit a streaming row (QueueFull propagates: a 429 before any byte is sent) and stream its answer.
+
+    The trace is written by the generation's own completion, in the worker thread, so it exists whether or not
+    the client stays: a client that leaves sets the row's cancel flag and the trace says so.
+    """
     loop = asyncio.get_running_loop()
+    gen: GenerationRequest = row.request
     pieces: asyncio.Queue[str] = asyncio.Queue()
+    traced: asyncio.Future = loop.create_future()
     gen.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
-    future = asyncio.wrap_future(batcher.submit(gen))
+
+    def on_done(done) -> None:
+        result, error = None, None
+        try:
+            result = done.result()
+        except Exception as err:
+            error = f"{type(err).__name__}: {err}"
+        if result is not None and result.finish_reason == "cancelled":
+            error = "client disconnected before the answer was complete"
+        outcome = trace(result, error)
+        with contextlib.suppress(RuntimeError):  # the loop is gone when the server shuts down
+            loop.call_soon_threadsafe(_settle, traced, (result, error, outcome))
+
+    batcher.submit(row).add_done_callback(on_done)
+    return StreamingResponse(_stream(pieces, traced, gen, trace_id, name, response_format),
+                             media_type="text/event-stream", headers={"X-Trace-Id": trace_id})
+
+
+def _settle(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+async def _stream(pieces: asyncio.Queue, traced: asyncio.Future, gen: GenerationRequest, trace_id: str, name: str,
+                  response_format: dict[str, Any] | None) -> AsyncIterator[str]:
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -203,26 +258,36 @@ async def _stream(batcher: BatchingGenerator, gen: GenerationRequest, trace, tra
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    while True:
-        getter = asyncio.ensure_future(pieces.get())
-        done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            yield chunk({"content": getter.result()})
-            continue
-        getter.cancel()
-        break
-    while not pieces.empty():
-        yield chunk({"content": pieces.get_nowait()})
+    finished, getter = False, None
     try:
-        result = future.result()
-    except Exception as err:
-        await asyncio.to_thread(trace, None, f"{type(err).__name__}: {err}")
-        yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'server_error'}})}\n\n"
-        return
-    await asyncio.to_thread(trace, result)
-    yield chunk({}, result.finish_reason)
-    yield "data: [DONE]\n\n"
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            getter = asyncio.ensure_future(pieces.get())
+            done, _ = await asyncio.wait({getter, traced}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield chunk({"content": getter.result()})
+                continue
+            getter.cancel()
+            break
+        while not pieces.empty():
+            yield chunk({"content": pieces.get_nowait()})
+        result, error, outcome = traced.result()
+        finished = True
+        if result is None:
+            yield f"data: {json.dumps({'error': {'message': error, 'type': 'server_error'}})}\n\n"
+            return
+        broken = constrained_failure(result.finish_reason, outcome, response_format)
+        if broken:
+            yield chunk({}, "schema_invalid")
+            yield f"data: {json.dumps({'error': {'message': broken, 'type': 'schema_validation_error'}})}\n\n"
+        else:
+            yield chunk({}, result.finish_reason)
+        yield "data: [DONE]\n\n"
+    finally:
+        if getter is not None:
+            getter.cancel()
+        if not finished:  # the client left: stop generating its row (its trace is written when the row ends)
+            gen.cancelled.set()
 
 
 @contextlib.contextmanager

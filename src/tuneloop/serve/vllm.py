@@ -2,6 +2,9 @@
 
 vLLM pins its own torch build, so it never goes into tuneloop's environment: it runs as a separate process
 (from its own virtual environment) and tuneloop talks to it over its OpenAI-compatible HTTP API.
+
+The API key never goes on the command line (any user of the machine can read argv in `ps`): vLLM reads it from
+`VLLM_API_KEY` in its environment, and the printed command names only that variable.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ SMOKE_SCHEMA = {
                    "order_id": {"type": "string"}},
     "required": ["intent", "order_id"],
 }
+
+
+KEY_ENV = "VLLM_API_KEY"  # vllm serve reads its --api-key from this variable
 
 
 class VLLMError(RuntimeError):
@@ -78,9 +84,16 @@ def build_command(settings: VLLMSettings, executable: str = "vllm") -> list[str]
         command.append("--trust-remote-code")
     if settings.tool_call_parser:
         command += ["--enable-auto-tool-choice", "--tool-call-parser", settings.tool_call_parser]
+    return command  # the key, if any, goes through `launch_env`, never argv
+
+
+def launch_env(settings: VLLMSettings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment vllm runs in: ours, plus the API key in VLLM_API_KEY when one is set."""
+    env = dict(os.environ if base is None else base)
+    env.pop(KEY_ENV, None)
     if settings.api_key:
-        command += ["--api-key", settings.api_key]
-    return command
+        env[KEY_ENV] = settings.api_key
+    return env
 
 
 def find_vllm(explicit: str | None = None) -> str | None:
@@ -132,7 +145,7 @@ def smoke_test(base_url: str, model: str, schema: dict[str, Any] | None = None, 
 
 def launch(settings: VLLMSettings, executable: str, timeout_s: float = 900.0) -> subprocess.Popen:
     """Start vllm, wait for it to serve, smoke-test structured output; the running process."""
-    process = subprocess.Popen(build_command(settings, executable), env={**os.environ})
+    process = subprocess.Popen(build_command(settings, executable), env=launch_env(settings))
     base_url = f"http://{settings.host}:{settings.port}/v1"
     try:
         wait_for_models(base_url, timeout_s, process, settings.api_key)
