@@ -177,3 +177,18 @@ def test_export_merge_command_reports_the_gate(tiny_model_dir, tmp_path):
     assert "max logit diff" in output and "template parity 2 samples pass" in output
     missing = CliRunner().invoke(app, ["export", "merge", "--run", str(tmp_path), "--out", str(tmp_path / "o2")])
     assert missing.exit_code == 2 and "no run.json" in " ".join(missing.output.split())
+
+
+def test_a_new_merge_that_fails_its_gate_leaves_the_previous_export_in_place(exported, tmp_path, monkeypatch):
+    import tuneloop.export.merge as merge
+    from tuneloop.export.merge import MergeGateError
+    from tuneloop.files import tree_digest
+
+    run, out, _ = exported
+    before = tree_digest(out)
+    monkeypatch.setattr(merge, "compare_with_reference", lambda *args: (0.5, False))
+    with pytest.raises(MergeGateError) as failed:
+        merge_run(run, out, shard_size="150KB", check_prompts=2)
+    assert failed.value.failures == ["max logit difference 5.00e-01 ≥ 1e-04", "greedy answers differ from base + adapter"]
+    assert tree_digest(out) == before
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no staging folder left beside it

@@ -7,6 +7,11 @@ gate ─▶ baseline eval ─▶ SFT ─▶ eval after ─▶ compare (paired) �
 Each stage has a key: the sha256 of its input files and its settings. The loop keeps `loop/<round>/state.json`;
 a rerun skips a stage whose key and outputs are unchanged, and an interrupted stage is run again (training resumes
 from its last checkpoint). Every stage's own report is linked from one summary page.
+
+Every check of the round is obeyed: the data gate, the eval gate, the merge's reload gate and template parity, and
+the served answer. A check that says no stops the round before anything that depends on it (a candidate that fails
+its eval gate is never merged or served) and raises `RoundRefused`; a stage that breaks raises `LoopError`. Either
+way the summary page is written with the reasons, and the stage is not recorded as done, so a rerun checks again.
 """
 
 from __future__ import annotations
@@ -18,13 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop import html
 from tuneloop.files import file_digest, read_json, tree_digest, write_json, write_text
 from tuneloop.project import Project
 from tuneloop.records import content_hash
 
-HEADLINE_METRICS = ("json_valid", "schema_valid", "field_accuracy", "exact_match", "refusal_ok")
-IMPROVEMENT_METRICS = ("schema_valid", "field_accuracy")
 
 
 @dataclass
@@ -42,13 +44,25 @@ class LoopOptions:
 class StageRecord:
     name: str
     key: str
-    status: str  # done | skipped | failed
+    status: str  # done | skipped | failed (it broke) | refused (its check said no)
     seconds: float
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
 class LoopError(RuntimeError):
     """A stage that failed, naming the stage and what to do."""
+
+
+class RoundRefused(LoopError):
+    """A check of the round said no: what failed (`reasons`) and what to do (`advice`); nothing after it ran."""
+
+    def __init__(self, stage: str, reasons: list[str], advice: str, outputs: dict[str, Any] | None = None):
+        super().__init__(f"{stage} failed: " + "; ".join(reasons))
+        self.stage = stage
+        self.reasons = reasons
+        self.advice = advice
+        self.outputs = outputs or {}
+        self.summary_file: Path | None = None
 
 
 class RoundState:
@@ -60,9 +74,11 @@ class RoundState:
 
     def fresh(self, name: str, key: str) -> dict[str, Any] | None:
         entry = self.stages.get(name)
-        if not entry or entry.get("key") != key:
+        if not entry or entry.get("key") != key or entry.get("status") != "done":
             return None
         outputs = entry.get("outputs", {})
+        if outputs.get("passed") is False:  # a check that said no is never a result to reuse
+            return None
         paths = [Path(v) for k, v in outputs.items() if k.endswith(("_dir", "_file")) and isinstance(v, str)]
         return outputs if all(p.exists() for p in paths) else None
 
@@ -80,13 +96,59 @@ def files_key(*paths: Path, settings: Any = None) -> str:
 
 def run_round(project: Project, options: LoopOptions | None = None,
               say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run gate → eval → train → eval → compare → merge → serve on `project`; return the summary."""
+    """Run gate → eval → train → eval → compare → merge → serve on `project`; return the summary.
+
+    Raises `RoundRefused` when a check says no and `LoopError` when a stage breaks; the summary page is written first.
+    """
     options = options or LoopOptions()
     _quiet_library_progress()
+    round_ = Round(project)
+    try:
+        _run_stages(round_, options, say)
+    except LoopError as err:
+        refused = err if isinstance(err, RoundRefused) else None
+        outcome = ({"status": "refused", "stage": refused.stage, "reasons": refused.reasons, "advice": refused.advice}
+                   if refused else {"status": "failed", "reasons": [str(err)], "advice": None})
+        summary_file = round_.write_summary(outcome)
+        if refused and summary_file:
+            refused.summary_file = summary_file
+        raise
+    round_.write_summary({"status": "passed", "reasons": [], "advice": None})
+    return round_.summary
+
+
+@dataclass
+class Round:
+    """What one round has produced so far; the summary is drawn from it whether the round passed or stopped."""
+
+    project: Project
+    records: list[StageRecord] = field(default_factory=list)
+    round_dir: Path | None = None
+    run_dir: Path | None = None
+    baseline_dir: Path | None = None
+    candidate_dir: Path | None = None
+    compared: dict[str, Any] = field(default_factory=dict)
+    merged: dict[str, Any] = field(default_factory=dict)
+    served: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def write_summary(self, outcome: dict[str, Any]) -> Path | None:
+        if self.round_dir is None:
+            return None
+        from tuneloop.loop_summary import summarize, summary_html
+
+        self.summary = summarize(self, outcome)
+        loop_dir = self.project.root / "loop" / self.round_dir.name
+        write_json(loop_dir / "summary.json", self.summary)
+        return write_text(loop_dir / "summary.html", summary_html(self.summary))
+
+
+def _run_stages(round_: Round, options: LoopOptions, say: Callable[[str], None]) -> None:
+    project = round_.project
     config = project.config
     schema = project.schema()
     system = config.task.system
-    records: list[StageRecord] = []
+    records = round_.records
 
     def stage(name: str, key: str, state: RoundState, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         cached = None if options.force else state.fresh(name, key)
@@ -98,6 +160,11 @@ def run_round(project: Project, options: LoopOptions | None = None,
         started = time.time()
         try:
             outputs = work()
+        except RoundRefused as refusal:  # not saved: a rerun checks again
+            records.append(StageRecord(name, key, "refused", time.time() - started,
+                                       {**refusal.outputs, "reasons": refusal.reasons}))
+            say(f"[{name}] refused: " + "; ".join(refusal.reasons))
+            raise
         except Exception as err:
             records.append(StageRecord(name, key, "failed", time.time() - started, {"error": str(err)}))
             raise LoopError(f"stage '{name}' failed: {err}") from err
@@ -117,15 +184,21 @@ def run_round(project: Project, options: LoopOptions | None = None,
         say("[gate] running")
         started = time.time()
         gate = run_gate(project, progress=True)
+        round_dir = round_.round_dir = Path(gate.round_dir)
         if not gate.passed:
-            raise LoopError("the data gate failed: " + "; ".join(gate.failures) + f" (see {gate.round_dir / 'report.html'})")
-        round_dir = Path(gate.round_dir)
+            report = round_dir / "report.html"
+            records.append(StageRecord("gate", gate_key, "refused", time.time() - started,
+                                       {"round_dir": str(round_dir), "reasons": list(gate.failures)}))
+            raise RoundRefused("data gate", list(gate.failures),
+                               f"open {report}, fix or remove the source rows it names (or change the data.* "
+                               "thresholds in tuneloop.yaml if they are wrong), then rerun `tuneloop run`.")
         say("[gate] " + ", ".join(f"{k} {v}" for k, v in gate.counts.items() if v) + f" → {round_dir.name}")
         manifest = read_json(round_dir / "manifest.json")
         manifest["loop_key"] = gate_key
         write_json(round_dir / "manifest.json", manifest)
         records.append(StageRecord("gate", gate_key, "done", time.time() - started, {"round_dir": str(round_dir)}))
     else:
+        round_.round_dir = round_dir
         say(f"[gate] sources unchanged — reusing {round_dir.name}")
         records.append(StageRecord("gate", gate_key, "skipped", 0.0, {"round_dir": str(round_dir)}))
 
@@ -140,7 +213,7 @@ def run_round(project: Project, options: LoopOptions | None = None,
     # 2. baseline eval of the configured model
     from tuneloop.eval.runner import run_eval
 
-    baseline_dir = project.evals_dir / f"{round_dir.name}-baseline"
+    baseline_dir = round_.baseline_dir = project.evals_dir / f"{round_dir.name}-baseline"
     stage("baseline eval", files_key(test_file, settings=[config.model, eval_key_settings, system]), state,
           lambda: {"eval_dir": str(baseline_dir), "summary": run_eval(
               config.model, test_file, baseline_dir, schema, eval_settings, default_system=system)})
@@ -154,7 +227,7 @@ def run_round(project: Project, options: LoopOptions | None = None,
     train_key = files_key(round_dir / "train.jsonl", round_dir / "val.jsonl",
                           settings=[config.model, train_settings.model_dump(mode="json"), system])
     # one folder per data + settings: a rerun with the same key resumes it, a changed setting starts a new run
-    run_dir = project.runs_dir / f"{round_dir.name}-sft-{train_key[:8]}"
+    run_dir = round_.run_dir = project.runs_dir / f"{round_dir.name}-sft-{train_key[:8]}"
 
     def train() -> dict[str, Any]:
         result = train_sft(round_dir / "train.jsonl", round_dir / "val.jsonl", run_dir, model=config.model,
@@ -166,46 +239,56 @@ def run_round(project: Project, options: LoopOptions | None = None,
     adapter_dir = Path(trained["adapter_dir"])
 
     # 4. the trained model on the same unseen test set
-    candidate_dir = project.evals_dir / f"{round_dir.name}-candidate"
+    candidate_dir = round_.candidate_dir = project.evals_dir / f"{round_dir.name}-candidate"
     stage("eval after", files_key(test_file, adapter_dir, settings=[eval_key_settings, system]), state,
           lambda: {"eval_dir": str(candidate_dir), "summary": run_eval(
               str(adapter_dir), test_file, candidate_dir, schema, eval_settings, default_system=system)})
 
-    # 5. paired comparison and the eval gate
-    from tuneloop.eval.compare import compare_evals
+    # 5. paired comparison and the eval gate: a candidate that fails it goes no further
+    from tuneloop.eval.compare import compare_evals, round_verdict
     from tuneloop.eval.gate import gate_eval
 
     compare_dir = project.evals_dir / f"{round_dir.name}-compare"
+    gate_settings = config.eval.gate
 
     def compare() -> dict[str, Any]:
-        comparison = compare_evals(baseline_dir, candidate_dir, compare_dir, alpha=config.eval.gate.alpha)
-        decision = gate_eval(comparison, config.eval.gate)
-        return {"compare_dir": str(compare_dir), "passed": decision.passed, "reasons": list(decision.reasons)}
+        comparison = compare_evals(baseline_dir, candidate_dir, compare_dir, alpha=gate_settings.alpha)
+        decision = gate_eval(comparison, gate_settings)
+        outputs = {"compare_dir": str(compare_dir), "passed": decision.passed, "reasons": list(decision.reasons),
+                   "verdict": round_verdict(comparison, gate_settings.mode, gate_settings.alpha)}
+        round_.compared = outputs
+        if not decision.passed:
+            raise RoundRefused("eval gate", list(decision.reasons),
+                               f"the candidate was not merged or served; see {compare_dir / 'report.html'}, improve "
+                               "the data or the train.* settings and rerun `tuneloop run` (or change eval.gate in "
+                               "tuneloop.yaml if its thresholds are wrong).", outputs)
+        return outputs
 
-    compared = stage("compare", files_key(baseline_dir / "results.jsonl", candidate_dir / "results.jsonl",
-                                          settings=config.eval.gate.model_dump(mode="json")), state, compare)
+    round_.compared = stage("compare", files_key(baseline_dir / "results.jsonl", candidate_dir / "results.jsonl",
+                                                 settings=gate_settings.model_dump(mode="json")), state, compare)
 
     # 6. merge with its reload gate and template parity
-    from tuneloop.export.merge import merge_run
+    from tuneloop.export.merge import MergeGateError, merge_run
 
     export_dir = project.exports_dir / f"{config.task.name}-{round_dir.name}"
 
     def merge() -> dict[str, Any]:
-        report = merge_run(run_dir, export_dir)
+        try:
+            report = merge_run(run_dir, export_dir)
+        except MergeGateError as err:
+            raise RoundRefused("merge gate", err.failures,
+                               f"the merged model differs from the evaluated one and was not exported or served; "
+                               f"check that {run_dir / 'run.json'} `base_model` is the model the adapter was trained "
+                               f"on, then rerun `tuneloop run` (details: `tuneloop export merge --run {run_dir} "
+                               f"--out {export_dir}`).") from err
         return {"export_dir": str(export_dir), "report": _plain(report)}
 
-    merged = stage("merge", files_key(adapter_dir), state, merge)
+    round_.merged = stage("merge", files_key(adapter_dir), state, merge)
 
     # 7. serve the export and answer one request through the official openai client
-    served: dict[str, Any] = {}
     if options.serve:
-        served = stage("serve smoke", files_key(export_dir, settings=[system, schema]), state,
-                       lambda: _serve_smoke(project, export_dir, round_dir, schema, system))
-
-    summary = _summarize(project, round_dir, records, run_dir, baseline_dir, candidate_dir, compared, merged, served)
-    write_json(loop_dir / "summary.json", summary)
-    write_text(loop_dir / "summary.html", _summary_html(summary))
-    return summary
+        round_.served = stage("serve smoke", files_key(export_dir, settings=[system, schema]), state,
+                              lambda: _serve_smoke(project, export_dir, round_dir, schema, system))
 
 
 def _quiet_library_progress() -> None:
@@ -236,9 +319,12 @@ def _plain(value: Any) -> Any:
 
 def _serve_smoke(project: Project, export_dir: Path, round_dir: Path, schema: dict[str, Any] | None,
                  system: str) -> dict[str, Any]:
-    """Start the embedded server on loopback, ask one test prompt with response_format, validate, stop."""
+    """Start the embedded server on loopback, ask one test prompt with response_format, validate, stop.
+
+    An answer the server refuses, cuts, or that is not valid JSON for the task's schema refuses the round.
+    """
     import jsonschema
-    from openai import OpenAI
+    from openai import APIStatusError, OpenAI
 
     from tuneloop.data.formats import load_samples
     from tuneloop.records import to_messages
@@ -250,88 +336,35 @@ def _serve_smoke(project: Project, export_dir: Path, round_dir: Path, schema: di
         {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
         if schema else {"type": "json_object"}
     )
+    advice = (f"the export {export_dir} is kept but not trusted; try it by hand with `tuneloop serve --model "
+              f"{export_dir}`, fix what the reason names, then rerun `tuneloop run`.")
+    outputs = {"prompt": sample.prompt, "expected": sample.output}
     with serve_in_background(export_dir, trace_store_path=project.traces_db) as base_url:
         client = OpenAI(base_url=base_url, api_key="local")
         started = time.time()
-        reply = client.chat.completions.create(model=client.models.list().data[0].id, messages=messages,
-                                               response_format=response_format, max_tokens=200, temperature=0)
+        try:
+            reply = client.chat.completions.create(model=client.models.list().data[0].id, messages=messages,
+                                                   response_format=response_format, max_tokens=200, temperature=0)
+        except APIStatusError as err:
+            raise RoundRefused("serve smoke", [f"the server answered {err.status_code}: {err.message}"], advice,
+                               outputs) from err
         latency = time.time() - started
     text = reply.choices[0].message.content or ""
-    answer = json.loads(text)
+    finish = reply.choices[0].finish_reason
+    outputs.update(text=text, finish_reason=finish, latency_s=round(latency, 2))
+    if finish != "stop":
+        raise RoundRefused("serve smoke", [f"the served answer stopped with finish_reason {finish!r}, not 'stop' "
+                                           f"(cut or refused by the server): {text[:120]!r}"], advice, outputs)
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RoundRefused("serve smoke", [f"the served answer is not JSON ({err.msg} at char {err.pos}): "
+                                           f"{text[:120]!r}"], advice, outputs) from err
     if schema:
-        jsonschema.validate(answer, schema)
+        problem = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(answer))
+        if problem is not None:
+            where = "/".join(str(p) for p in problem.absolute_path) or "(root)"
+            raise RoundRefused("serve smoke", [f"the served answer fails the task's schema at {where}: "
+                                               f"{problem.message}"], advice, outputs)
     return {"prompt": sample.prompt, "answer": answer, "expected": sample.output, "latency_s": round(latency, 2),
-            "finish_reason": reply.choices[0].finish_reason}
-
-
-def _metric(summary: dict[str, Any], name: str) -> float | None:
-    """A headline rate from an eval summary (the unconstrained run: what the model does on its own)."""
-    value = summary.get("modes", {}).get("unconstrained", {}).get(name)
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _summarize(project: Project, round_dir: Path, records: list[StageRecord], run_dir: Path, baseline_dir: Path,
-               candidate_dir: Path, compared: dict[str, Any], merged: dict[str, Any],
-               served: dict[str, Any]) -> dict[str, Any]:
-    before = read_json(baseline_dir / "summary.json")
-    after = read_json(candidate_dir / "summary.json")
-    headline = {name: {"before": _metric(before, name), "after": _metric(after, name)} for name in HEADLINE_METRICS}
-    return {
-        "project": str(project.root),
-        "round": round_dir.name,
-        "headline": headline,
-        "improved": all((headline[k]["after"] or 0) > (headline[k]["before"] or 0) for k in IMPROVEMENT_METRICS),
-        "eval_gate": {"passed": compared.get("passed"), "reasons": compared.get("reasons", [])},
-        "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), **_links(r)} for r in records],
-        "merge": merged.get("report", {}),
-        "serve": served,
-        "reports": {
-            "data gate": str(round_dir / "report.html"),
-            "run card": str(run_dir / "run_card.html"),
-            "baseline eval": str(baseline_dir / "report.html"),
-            "eval after": str(candidate_dir / "report.html"),
-            "comparison": str(Path(compared.get("compare_dir", "")) / "report.html"),
-            "export": str(Path(merged.get("export_dir", "")) / "manifest.json"),
-        },
-    }
-
-
-def _links(record: StageRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.outputs.items() if k.endswith(("_dir", "_file"))}
-
-
-def _summary_html(summary: dict[str, Any]) -> str:
-    headline = summary["headline"]
-    rows = [{"metric": k, "before": v["before"], "after": v["after"],
-             "change": (v["after"] - v["before"]) if v["before"] is not None and v["after"] is not None else None}
-            for k, v in headline.items()]
-    names = [r["metric"] for r in rows]
-
-    def draw(ax: Any) -> None:
-        xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], [r["before"] or 0 for r in rows], width=0.4, label="before")
-        ax.bar([x + 0.2 for x in xs], [r["after"] or 0 for r in rows], width=0.4, label="after")
-        ax.set_xticks(list(xs), names)
-        ax.set_ylim(0, 1)
-        ax.legend()
-
-    root = Path(summary["project"])
-    links = [{"report": name, "file": html.link(_relative(path, root / "loop" / summary["round"]), path)}
-             for name, path in summary["reports"].items()]
-    sections = [
-        html.section("Before / after on the unseen test set", html.table(rows), html.plot(draw, "headline metrics")),
-        html.section("Verdict", html.paragraph(
-            "improved" if summary["improved"] else "not improved", "ok" if summary["improved"] else "bad"),
-            html.key_values({"eval gate": "pass" if summary["eval_gate"]["passed"] else "fail",
-                             "reasons": "; ".join(summary["eval_gate"]["reasons"]) or "—"})),
-        html.section("Stages", html.table(summary["stages"])),
-        html.section("Reports", html.table(links, ["report", "file"], raw_columns=["file"])),
-        html.section("Served answer (embedded server, openai client, response_format)", html.key_values(summary["serve"] or {"serve": "skipped"})),
-    ]
-    return html.page(f"tuneloop round {summary['round']}", sections, subtitle=summary["project"])
-
-
-def _relative(path: str, start: Path) -> str:
-    import os
-
-    return os.path.relpath(path, start)
+            "finish_reason": finish}

@@ -120,6 +120,58 @@ def compare_evals(baseline_dir: str | Path, candidate_dir: str | Path, out_dir: 
     return comparison
 
 
+VERDICTS = ("improved", "no significant change", "worse")
+# what "better" means for a round: schema-valid answers and right fields; exact match where there is no structure
+VERDICT_METRICS = ("schema_valid", "field_accuracy")
+FALLBACK_VERDICT_METRICS = ("exact_match",)
+
+
+def metric_verdict(stats: dict[str, Any], alpha: float) -> str:
+    """better | worse | no change for one compared metric, at `alpha`.
+
+    A binary metric is re-tested by its exact McNemar p-value; a score keeps the verdict of its bootstrap interval,
+    drawn at the comparison's alpha (the caller checks they agree).
+    """
+    if "p_value" in stats:
+        if stats["p_value"] >= alpha:
+            return "no change"
+        return "worse" if stats["worse"] > stats["better"] else "better"
+    return stats.get("verdict") if stats.get("verdict") in ("better", "worse") else "no change"
+
+
+def round_verdict(comparison: dict[str, Any], mode: str = "unconstrained", alpha: float | None = None) -> dict[str, Any]:
+    """Did the candidate improve on the baseline? The paired tests decide, never raw after > before.
+
+    ```
+    worse                  any verdict metric significantly worse (McNemar p < alpha / bootstrap CI below 0)
+    improved               at least one significantly better, none significantly worse
+    no significant change  otherwise: the difference is within what chance gives on this many samples
+    ```
+    The verdict metrics are schema_valid and field_accuracy, or exact_match where those were not measured.
+    """
+    drawn_at = comparison.get("alpha", 0.05)
+    alpha = drawn_at if alpha is None else alpha
+    mode_data = (comparison.get("modes") or {}).get(mode)
+    if mode_data is None:
+        raise EvalError(f"the comparison has no {mode} mode to judge; evaluate both runs in that mode.")
+    metrics = mode_data.get("metrics", {})
+    names = [m for m in VERDICT_METRICS if m in metrics] or [m for m in FALLBACK_VERDICT_METRICS if m in metrics]
+    if alpha != drawn_at and any("p_value" not in metrics[m] for m in names):  # a bootstrap CI is drawn at one alpha
+        raise EvalError(f"the comparison was drawn at alpha {drawn_at}, not {alpha}; compare again with "
+                        f"`tuneloop eval compare --alpha {alpha}`.")
+    per_metric = {}
+    for name in names:
+        stats = metrics[name]
+        evidence = (f"McNemar p = {stats['p_value']:.4g}" if "p_value" in stats
+                    else f"bootstrap CI [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]" if stats.get("n") else "no data")
+        per_metric[name] = {"verdict": metric_verdict(stats, alpha), "baseline": stats.get("baseline"),
+                            "candidate": stats.get("candidate"), "delta": stats.get("delta"), "n": stats.get("n"),
+                            "evidence": evidence}
+    verdicts = {v["verdict"] for v in per_metric.values()}
+    verdict = "worse" if "worse" in verdicts else "improved" if "better" in verdicts else "no significant change"
+    return {"verdict": verdict, "alpha": alpha, "mode": mode, "metrics": per_metric}
+
+
 def pairwise_summary(pairs: list[tuple[EvalResult, EvalResult]], judge: dict[str, Any]) -> dict[str, Any]:
     from tuneloop.eval.judge import judge_backend, judge_pairs
     from tuneloop.records import Sample

@@ -4,7 +4,8 @@
 runs/<id>/run.json + adapter/      base (unquantized; a QLoRA base is reloaded in bf16/fp32) + adapter
         │  reference: logits and greedy answers of base + adapter on N check prompts
         ▼  merge_and_unload
-exports/<name>/ (built in a staging folder, swapped in only when every check passes)
+exports/<name>/ (built in a staging folder, swapped in only when every check passes: `files.atomic_dir`, so a
+                 kill at any instant leaves the previous export or the new one at the path, never neither)
   model-0000k-of-0000n.safetensors   shards of `shard_size`
   config.json, generation_config.json
   tokenizer.json, tokenizer_config.json (with chat_template), chat_template.jinja (the training template)
@@ -34,6 +35,14 @@ TEMPLATE_FILE = "chat_template.jinja"
 
 class MergeError(RuntimeError):
     """A merge that cannot run or whose result differs from base + adapter; says what to do."""
+
+
+class MergeGateError(MergeError):
+    """The merged folder is not the model that was evaluated (reload gate or template parity failed)."""
+
+    def __init__(self, message: str, failures: list[str]):
+        super().__init__(message)
+        self.failures = failures
 
 
 @dataclass
@@ -223,8 +232,9 @@ def gate(report: MergeReport) -> None:
         bad = [r for r in report.parity["results"] if not r["match"]]
         failures.append(f"template parity failed ({bad[:2]})")
     if failures:
-        raise MergeError(f"merge gate failed for {report.out_dir}: {'; '.join(failures)}. Nothing was exported; "
-                         "check that run.json `base_model` is the exact model the adapter was trained on.")
+        raise MergeGateError(f"merge gate failed for {report.out_dir}: {'; '.join(failures)}. Nothing was exported "
+                             "(an earlier export at that path is left as it was); check that run.json `base_model` "
+                             "is the exact model the adapter was trained on.", failures)
 
 
 def merge_run(run_dir: str | Path, out_dir: str | Path, shard_size: str | int = "5GB", check_prompts: int = 8,
