@@ -70,8 +70,6 @@ _FOLD = str.maketrans({
     "＠": "@", "．": ".", "－": "-", "＋": "+", "（": "(", "）": ")", "＿": "_", "\u3000": " ",
     "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2212": "-",
 })
-
-
 _FOLDABLE = re.compile("[" + "".join(sorted(map(chr, _FOLD))) + "]")
 
 
@@ -111,8 +109,7 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
                valid_prc_id, folded=True, whole_run=True),
     # Chinese mobile, landline, landline from abroad, North American, any other +country number
     *(Recognizer("PHONE", _compile(_left("+") + _NOT_DECIMAL_L + pattern + _R + _NOT_DECIMAL_R, "0-9+("), check,
-                 folded=True,
-                 whole_run=True)
+                 folded=True, whole_run=True)
       for pattern, check in (
           (_CC86_MOBILE + r"?1[3-9][0-9](?:[ -]?[0-9]{4}){2}", _always),
           (r"(?:\(0" + _AREA + r"\)[ -]?|0" + _AREA + r"[ -]?)" + _LOCAL, _always),
