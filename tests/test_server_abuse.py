@@ -273,6 +273,7 @@ def test_the_grammar_cache_is_bounded_and_keeps_the_recently_used(server):
         assert grammars.compile(formats[0]) is first  # used again: stays
         assert grammars.cached <= 4
     assert grammars.cached == 4
+    assert grammars.compiler.get_cache_size_bytes() == 0  # xgrammar keeps no second, unbounded copy
 
 
 def test_max_tokens_too_small_for_any_complete_answer_is_refused_up_front(server):

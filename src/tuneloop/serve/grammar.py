@@ -87,7 +87,8 @@ class Grammars:
         self.vocab_size = vocab_size
         self.stop_token_ids = list(stop_token_ids)
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_token_ids)
-        self.compiler = xgr.GrammarCompiler(info, max_threads=2)
+        # xgrammar's own cache has no bound by default; ours (LRU, CACHE_SIZE) is the only one
+        self.compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
         self._cache: OrderedDict[str, xgr.CompiledGrammar] = OrderedDict()
         self.cache_size = CACHE_SIZE
         self._lock = threading.Lock()
