@@ -240,3 +240,21 @@ def test_a_hub_data_set_records_license_and_fields_in_each_rows_source(monkeypat
     assert sample.meta.source == "hf:someone/qa/train (license: mit; fields: question, answer)"
     assert sample.meta.license == "mit" and sample.output == "4"
     assert [(q.source_file, q.line) for q in result.quarantined] == [("hf:someone/qa", 2)]
+
+
+@pytest.mark.parametrize(("text", "accepted", "quarantined"), [
+    ('instruction,output\nq0,a0\nq1,"never closed\nq2,a2\n\nq3,a3\n', ["q0"],
+     [(3, "never closed"), (4, "after the break"), (6, "after the break")]),
+    ('instruction,output\nq0,a0\nq1,"bad"quote\nq2,a2\n"two\nlines","x"y\nq3,a3\n', ["q0", "q2", "q3"],
+     [(3, "malformed quote"), (5, "malformed quote")]),
+    ("instruction,output,output\nq0,a0,b0\nq1,a1,b1\n", [], [(2, "'output' twice"), (3, "'output' twice")]),
+    ("instruction,output\nq0," + "long " * 40_000 + "\nq1,a1\n", ["q0", "q1"], []),
+], ids=["unclosed-quote", "malformed-quote", "duplicate-column", "cell-over-128KiB"])
+def test_a_damaged_csv_never_swallows_or_drops_a_row_and_never_crashes(tmp_path, text, accepted, quarantined):
+    path = tmp_path / "rows.csv"
+    path.write_text(text, encoding="utf-8")
+    result = read_file(path)
+    assert [s.instruction for s in result.samples] == accepted
+    assert [q.line for q in result.quarantined] == [line for line, _ in quarantined]
+    for row, (_, words) in zip(result.quarantined, quarantined):
+        assert words in row.reason

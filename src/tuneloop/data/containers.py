@@ -10,10 +10,13 @@ JSON array broken part-way   every element before the break is read with its lin
                              by its layout (a line start at the elements' indent, or `, {` with the rows' keys) and
                              quarantined on its own with its line and raw text: nothing past a break is trusted
 JSON object {"rows": [...]}  the rows of its one list of objects; any other object is one row
+CSV                          parsed strictly: a malformed quote quarantines its record; a quote never closed
+                             quarantines its record and each line after it, one entry per line
 Parquet, damaged row group   the readable row groups are read; each row of a damaged group is quarantined with its
                              row number and the columns that can still be read; a damaged footer (the map of the
                              row groups) leaves nothing to recover, and says so in one entry
 ```
+Finding the pieces after a break is `recovery`'s part (pure functions on text).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.data.conversation import type_name
+from tuneloop.data.recovery import csv_pieces, damaged_row_group, json_pieces, skip_space
 from tuneloop.files import atomic_open
 from tuneloop.records import QuarantinedRow
 
@@ -38,6 +42,7 @@ WIDE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-b
              (b"\xfe\xff", "utf-16-be"))
 BAD_BYTES = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by the surrogateescape decoder
 FIX_UTF8 = "re-save the file as UTF-8"
+CSV_FIELD_LIMIT = 2**31 - 1  # the largest the csv module takes on every platform
 
 
 @dataclass
@@ -150,15 +155,9 @@ class _Lines:
         return self.newlines + 1
 
 
-def _skip_space(text: str, at: int) -> int:
-    while at < len(text) and text[at] in " \t\r\n":
-        at += 1
-    return at
-
-
 def _json_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
     text = read_text(path)
-    start = _skip_space(text, 0)
+    start = skip_space(text, 0)
     if text.startswith("[", start):
         yield from _array_rows(path, stage, text, start)
     elif text.startswith("{", start):
@@ -195,19 +194,19 @@ def _document_rows(path: Path, stage: str, text: str, start: int) -> Iterator[Ra
 
 def _array_rows(path: Path, stage: str, text: str, start: int,
                 nested: bool = False) -> Iterator[RawRow | QuarantinedRow]:
-    """The elements of the JSON array whose `[` is at `start`; at a break, the rest goes to `_after_break`."""
+    """The elements of the JSON array whose `[` is at `start`; at a break, each later element is its own piece (`recovery.json_pieces`)."""
     decoder = json.JSONDecoder()
     lines = _Lines(text)
     starts: list[int] = []
     keys: set[str] = set()
-    position = _skip_space(text, start + 1)
+    position = skip_space(text, start + 1)
     while not text.startswith("]", position):
         try:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
             reason = (f"the JSON array breaks at line {err.lineno} column {err.colno} ({err.msg})" if position < len(text)
                       else "the file ends inside the JSON array (no closing ']'; it may be cut off)")
-            yield from _after_break(path, stage, text, position, reason, lines, starts, keys)
+            yield from _pieces(path, stage, text, json_pieces(text, position, reason, starts, keys), lines)
             return
         element_line = lines.at(position)
         starts.append(position)
@@ -217,92 +216,73 @@ def _array_rows(path: Path, stage: str, text: str, start: int,
             yield _bad(path, element_line, stage, f"invalid UTF-8 in this row; {FIX_UTF8}", _printable(text[position:end]))
         else:
             yield _object_or_bad(path, element_line, stage, value)
-        position = _skip_space(text, end)
+        position = skip_space(text, end)
         if text.startswith(",", position):
-            position = _skip_space(text, position + 1)  # a trailing comma before ']' loses nothing: tolerated
+            position = skip_space(text, position + 1)  # a trailing comma before ']' loses nothing: tolerated
         elif not text.startswith("]", position):
             at = lines.at(position)
             reason = (f"the JSON array breaks at line {at}: expected ',' or ']' after a row" if position < len(text)
                       else "the file ends inside the JSON array (no closing ']'; it may be cut off)")
-            yield from _after_break(path, stage, text, position, reason, lines, starts, keys)
+            yield from _pieces(path, stage, text, json_pieces(text, position, reason, starts, keys), lines)
             return
-    rest = _skip_space(text, position + 1)
+    rest = skip_space(text, position + 1)
     if not nested and rest < len(text):
-        yield from _after_break(path, stage, text, rest, f"text after the JSON array's closing ']' at line "
-                                f"{lines.at(position)}", lines, starts, keys)
+        reason = f"text after the JSON array's closing ']' at line {lines.at(position)}"
+        yield from _pieces(path, stage, text, json_pieces(text, rest, reason, starts, keys), lines)
 
 
-def _element_starts(text: str, broken: int, starts: list[int], keys: set[str]) -> list[int]:
-    """Where the elements after a break begin, found by the layout of the elements read before it.
-
-    Elements that each began a line at one indent (pretty-printed or one per line) begin at that indent again;
-    elsewhere an element is a `{` after `,` that parses as an object sharing a key with the rows read so far.
-    """
-    def indent_of(at: int) -> str | None:
-        line_start = text.rfind("\n", 0, at) + 1
-        return text[line_start:at] if not text[line_start:at].strip() and line_start > 0 else None
-
-    indents = {indent_of(at) for at in (starts or [broken])}
-    if len(indents) == 1 and None not in indents:
-        pattern = re.compile("\n" + re.escape(indents.pop()) + r"(?=\{)")
-        return [m.end() for m in pattern.finditer(text, broken + 1)]
-    decoder, found, at = json.JSONDecoder(), [], broken + 1
-    while (at := text.find("{", at)) != -1:
-        before = at - 1
-        while before >= 0 and text[before] in " \t\r\n":
-            before -= 1
-        try:
-            value, end = decoder.raw_decode(text, at) if before >= 0 and text[before] in ",[" else (None, at + 1)
-        except json.JSONDecodeError:
-            value, end = None, at + 1
-        after = text[_skip_space(text, end):][:1]
-        if isinstance(value, dict) and after in (",", "]", "") and (not keys or keys & set(value)):
-            found.append(at)
-            at = end
-        else:
-            at += 1
-    return found
-
-
-def _after_break(path: Path, stage: str, text: str, broken: int, reason: str, lines: _Lines, starts: list[int],
-                 keys: set[str]) -> Iterator[QuarantinedRow]:
-    """Everything from a break on, one quarantine row per element found, each with its line and raw text."""
-    bounds = [broken, *_element_starts(text, broken, starts, keys), len(text)]
-    fix = "fix the file there and import it again"
-    for number, (begin, end) in enumerate(zip(bounds, bounds[1:])):
-        raw = text[begin:end].rstrip()
-        if end == len(text):
-            raw = raw.removesuffix("]").rstrip()
-        raw = raw.removesuffix(",").rstrip()
-        if not raw and number:
-            continue
-        try:
-            readable = isinstance(json.loads(raw), dict)
-        except json.JSONDecodeError:
-            readable = False
-        if number == 0:
-            why = f"{reason}: {fix}"
-        elif readable:
-            why = f"not imported: it comes after the break ({reason}), where the array cannot be trusted; {fix}"
-        else:
-            why = f"unreadable: it comes after the break ({reason}) and is not a JSON object itself; {fix}"
-        yield _bad(path, lines.at(begin), stage, why, _printable(raw) if raw else None)
+def _pieces(path: Path, stage: str, text: str, pieces: Iterable[tuple[int, str, str]],
+            lines: _Lines) -> Iterator[QuarantinedRow]:
+    for position, reason, raw in pieces:
+        yield _bad(path, lines.at(position), stage, reason, _printable(raw) if raw else None)
 
 
 def _csv_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
+    """CSV records, strictly parsed: a malformed quote quarantines its record, an unclosed one every line after it."""
     text = read_text(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # long documents in a cell; the module default is 128 KiB
+    try:
+        yield from _csv_records(path, stage, text, reader)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_records(path: Path, stage: str, text: str, reader: Any) -> Iterator[RawRow | QuarantinedRow]:
+    physical = text.split("\n")
+    try:
+        header = next(reader, None)
+    except csv.Error as err:
+        yield _bad(path, 1, stage, f"the CSV header cannot be read ({err}); fix the first line", _printable(physical[0]))
+        return
     if header is None:
         return
+    twice = sorted({name for name in header if header.count(name) > 1})
     start = reader.line_num + 1
-    for record in reader:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            if reader.line_num >= len(physical) - (not physical[-1]) and "end of data" in str(err):
+                for line, reason, raw in csv_pieces(physical, start):
+                    yield _bad(path, line, stage, reason, _printable(raw))
+                return
+            yield _bad(path, start, stage, f"a malformed quote in this record ({err}); write a quote inside a quoted "
+                       'field as "" and quote fields that hold commas or line breaks',
+                       _printable("\n".join(physical[start - 1:reader.line_num]).rstrip("\r")))
+            start = reader.line_num + 1
+            continue
         line, start = start, reader.line_num + 1
         if not any(cell.strip() for cell in record):
             continue
         if any(BAD_BYTES.search(cell) for cell in record):
             yield _bad(path, line, stage, f"invalid UTF-8 in this record; {FIX_UTF8}", [_printable(c) for c in record])
+        elif twice:
+            yield _bad(path, line, stage, f"the header names the column {', '.join(repr(n) for n in twice)} twice, so "
+                       "a value of this record would be lost: rename one of them", record)
         elif len(record) != len(header):
             yield _bad(path, line, stage, f"{len(record)} fields where the header has {len(header)}; "
                        "quote fields that hold commas or line breaks", record)
@@ -325,29 +305,11 @@ def _parquet_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
         try:
             rows = parquet.read_row_group(group).to_pylist()
         except Exception as err:
-            yield from _damaged_group(path, stage, parquet, group, first, count, err)
+            reason, readable = damaged_row_group(parquet, group, first, count, err)
+            yield from (_bad(path, first + offset, stage, reason, raw) for offset, raw in enumerate(readable))
         else:
             yield from (RawRow(first + offset, row) for offset, row in enumerate(rows))
         first += count
-
-
-def _damaged_group(path: Path, stage: str, parquet: Any, group: int, first: int, count: int,
-                   err: Exception) -> Iterator[QuarantinedRow]:
-    """Each row of an unreadable row group, quarantined with the values of the columns that still read."""
-    readable: dict[str, list[Any]] = {}
-    for name in parquet.schema_arrow.names:
-        try:
-            values = parquet.read_row_group(group, columns=[name]).column(0).to_pylist()
-        except Exception:  # this column's pages are the damaged ones
-            continue
-        if len(values) == count:
-            readable[name] = values
-    lost = [n for n in parquet.schema_arrow.names if n not in readable]
-    reason = (f"row group {group + 1} of {parquet.num_row_groups} (rows {first}-{first + count - 1}, {count} rows) "
-              f"is damaged ({''.join(c if c.isprintable() else '?' for c in str(err).splitlines()[0][:200])}); unreadable columns: {', '.join(lost) or 'none'} "
-              "(the readable ones are in raw): re-export the file")
-    for offset in range(count):
-        yield _bad(path, first + offset, stage, reason, {name: values[offset] for name, values in readable.items()})
 
 
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]], container: str | None = None) -> Path:
