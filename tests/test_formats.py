@@ -258,3 +258,17 @@ def test_a_damaged_csv_never_swallows_or_drops_a_row_and_never_crashes(tmp_path,
     assert [q.line for q in result.quarantined] == [line for line, _ in quarantined]
     for row, (_, words) in zip(result.quarantined, quarantined):
         assert words in row.reason
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("rows.jsonl", '{"instruction": "q0", "output": "a0"}\n{"instruction": "q1", "output": "a1", "output": "b1"}\n'),
+    ("rows.json", '[{"instruction": "q0", "output": "a0"},\n {"conversations": [{"from": "human", "value": "q1", '
+                  '"value": "q1 again"}, {"from": "gpt", "value": "a1"}]}]'),
+], ids=["jsonl", "nested-in-a-json-array"])
+def test_a_row_holding_a_key_twice_is_quarantined_since_json_keeps_only_one_value(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    result = read_file(path)
+    assert [s.instruction for s in result.samples] == ["q0"]
+    [bad] = result.quarantined
+    assert bad.line == 2 and "appears twice" in bad.reason

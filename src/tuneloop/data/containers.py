@@ -47,7 +47,7 @@ CSV_FIELD_LIMIT = 2**31 - 1  # the largest the csv module takes on every platfor
 
 @dataclass
 class RawRow:
-    line: int
+    line: int | None
     value: dict[str, Any]
 
 
@@ -98,7 +98,26 @@ def _bad(path: Path, line: int | None, stage: str, reason: str, raw: Any = None)
     return QuarantinedRow(source_file=str(path), line=line, stage=stage, reason=reason, raw=raw)
 
 
-def _object_or_bad(path: Path, line: int, stage: str, value: Any) -> RawRow | QuarantinedRow:
+class _Decoder(json.JSONDecoder):
+    """json's decoder, noting the keys an object held twice (json keeps only the last value of each)."""
+
+    def __init__(self) -> None:
+        self.twice: list[str] = []
+        super().__init__(object_pairs_hook=self._object)
+
+    def _object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        value = dict(pairs)
+        if len(value) < len(pairs):
+            seen: set[str] = set()
+            self.twice += [key for key, _ in pairs if key in seen or seen.add(key)]  # type: ignore[func-returns-value]
+        return value
+
+
+def _object_or_bad(path: Path, line: int | None, stage: str, value: Any,
+                   twice: list[str] | None = None) -> RawRow | QuarantinedRow:
+    if twice:
+        return _bad(path, line, stage, f"the key {twice[0]!r} appears twice in one object of this row, so one of its "
+                    "values would be lost: remove or rename one", value)
     if isinstance(value, dict):
         return RawRow(line, value)
     return _bad(path, line, stage, f"expected a JSON object per row, got {type_name(value)}", value)
@@ -121,6 +140,7 @@ def _utf8_lines(path: Path) -> Iterator[bytes]:
 
 
 def _jsonl_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
+    decoder = _Decoder()
     for number, raw_line in enumerate(_utf8_lines(path), start=1):
         raw_line = raw_line.removeprefix(BOM)  # a BOM also turns up mid-file where files were concatenated
         try:
@@ -132,13 +152,14 @@ def _jsonl_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            decoder.twice.clear()
+            value = decoder.decode(line)
         except json.JSONDecodeError as err:
             hint = "; it holds NUL bytes, so it looks like UTF-16 without a BOM: " + FIX_UTF8 if "\x00" in line else ""
             yield _bad(path, number, stage, f"not valid JSON at column {err.colno}: {err.msg}{hint}",
                        line.rstrip("\r\n"))
             continue
-        yield _object_or_bad(path, number, stage, value)
+        yield _object_or_bad(path, number, stage, value, decoder.twice)
 
 
 class _Lines:
@@ -170,7 +191,8 @@ def _json_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
 def _document_rows(path: Path, stage: str, text: str, start: int) -> Iterator[RawRow | QuarantinedRow]:
     """A JSON file starting with `{`: an object holding one list of rows, one row, or JSONL under a .json name."""
     try:
-        document = json.loads(text)
+        decoder = _Decoder()
+        document = decoder.decode(text)
     except json.JSONDecodeError:  # several values (JSONL named .json) or a broken object: read it line by line
         yield from _jsonl_rows(path, stage)
         return
@@ -182,7 +204,8 @@ def _document_rows(path: Path, stage: str, text: str, start: int) -> Iterator[Ra
         return
     if not lists:
         yield from (_bad(path, 1, stage, f"invalid UTF-8 in this row; {FIX_UTF8}", _printable(text))
-                    if BAD_BYTES.search(text) else _object_or_bad(path, _Lines(text).at(start), stage, document),)
+                    if BAD_BYTES.search(text) else _object_or_bad(path, _Lines(text).at(start), stage, document,
+                                                                  decoder.twice),)
         return
     key = re.compile(r'(?<!\\)' + re.escape(json.dumps(lists[0], ensure_ascii=False)) + r'\s*:\s*\[')
     found = key.search(text) or re.compile(r'(?<!\\)' + re.escape(json.dumps(lists[0])) + r'\s*:\s*\[').search(text)
@@ -194,14 +217,15 @@ def _document_rows(path: Path, stage: str, text: str, start: int) -> Iterator[Ra
 
 def _array_rows(path: Path, stage: str, text: str, start: int,
                 nested: bool = False) -> Iterator[RawRow | QuarantinedRow]:
-    """The elements of the JSON array whose `[` is at `start`; at a break, each later element is its own piece (`recovery.json_pieces`)."""
-    decoder = json.JSONDecoder()
+    """The elements of the JSON array whose `[` is at `start`; past a break, `recovery.json_pieces` finds the rest."""
+    decoder = _Decoder()
     lines = _Lines(text)
     starts: list[int] = []
     keys: set[str] = set()
     position = skip_space(text, start + 1)
     while not text.startswith("]", position):
         try:
+            decoder.twice.clear()
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
             reason = (f"the JSON array breaks at line {err.lineno} column {err.colno} ({err.msg})" if position < len(text)
@@ -215,7 +239,7 @@ def _array_rows(path: Path, stage: str, text: str, start: int,
         if BAD_BYTES.search(text, position, end):
             yield _bad(path, element_line, stage, f"invalid UTF-8 in this row; {FIX_UTF8}", _printable(text[position:end]))
         else:
-            yield _object_or_bad(path, element_line, stage, value)
+            yield _object_or_bad(path, element_line, stage, value, decoder.twice)
         position = skip_space(text, end)
         if text.startswith(",", position):
             position = skip_space(text, position + 1)  # a trailing comma before ']' loses nothing: tolerated
