@@ -1,14 +1,18 @@
-"""A 10,000-row file of good and bad rows imports through the CLI: nothing crashes, nothing is silently dropped."""
+"""A 10,000-row file of good and bad rows imports through the CLI, and JSON arrays damaged anywhere inside a row read
+as far as they can: nothing crashes, nothing is silently dropped."""
 
 from __future__ import annotations
 
 import json
 import random
 
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import tuneloop.cli.data_io  # noqa: F401  (registers the data commands)
 from tuneloop.cli.apps import data_app
+from tuneloop.data.formats import read_file
 
 ROWS = 10_000
 
@@ -73,3 +77,49 @@ def test_a_hub_id_offline_says_it_needs_network(tmp_path, monkeypatch):
 def test_a_missing_source_is_named(tmp_path):
     result = CliRunner().invoke(data_app, ["import", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x.jsonl")])
     assert result.exit_code == 2 and "nope.jsonl:nosuchfileorfolder" in "".join(result.output.split())
+
+
+# -- a JSON array damaged inside one row: every row before it is read, every row after it is its own entry ----------
+
+TEXT = st.text(st.sampled_from('abc 汉字{}[],:"\\\n'), min_size=0, max_size=12)
+
+
+def array_text(rows: list[dict], layout: str) -> tuple[str, list[int]]:
+    """The array as text in one of the layouts people write, and where each row's `{` is."""
+    parts = [json.dumps(row, ensure_ascii=False, indent=2 if layout == "pretty" else None) for row in rows]
+    if layout == "pretty":
+        parts = ["\n".join("  " + line for line in part.split("\n")) for part in parts]
+    head, separator, tail = {"pretty": ("[\n", ",\n", "\n]\n"), "one-per-line": ("[\n", ",\n", "\n]\n"),
+                             "compact": ("[", ", ", "]")}[layout]
+    text, starts = head, []
+    for index, part in enumerate(parts):
+        starts.append(len(text) + (len(part) - len(part.lstrip())))
+        text += part + (separator if index < len(parts) - 1 else "")
+    return text + tail, starts
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.tuples(TEXT, TEXT), min_size=2, max_size=7), layout=st.sampled_from(["pretty", "one-per-line", "compact"]),
+       data=st.data())
+def test_a_json_array_damaged_inside_one_row_keeps_the_rows_before_and_one_entry_for_each_row_after(tmp_path_factory, texts,
+                                                                                                 layout, data):
+    rows = [{"instruction": f"q{i} {a}", "output": f"a{i} {b}"} for i, (a, b) in enumerate(texts)]
+    text, starts = array_text(rows, layout)
+    broken = data.draw(st.integers(0, len(rows) - 1), label="broken row")
+    end = starts[broken + 1] if broken + 1 < len(rows) else len(text)
+    cut = data.draw(st.integers(starts[broken] + 1, text.rindex("}", 0, end) - 1), label="deleted character")
+    damaged = text[:cut] + text[cut + 1:]
+    try:
+        json.loads(damaged)
+        assume(False)  # the deletion left valid JSON: nothing is broken
+    except json.JSONDecodeError:
+        pass
+    path = tmp_path_factory.mktemp("array") / "rows.json"
+    path.write_text(damaged, encoding="utf-8")
+    result = read_file(path, "alpaca")
+    assert [s.instruction for s in result.samples] == [r["instruction"] for r in rows[:broken]]
+    assert len(result.quarantined) == len(rows) - broken  # the broken row and each row after it, one entry each
+    lines = [damaged.count("\n", 0, at if at < cut else at - 1) + 1 for at in starts]
+    assert [q.line for q in result.quarantined] == lines[broken:]
+    for row, entry in zip(rows[broken + 1:], result.quarantined[1:]):
+        assert json.loads(entry.raw) == row  # a row after the break keeps its whole text
