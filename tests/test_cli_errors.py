@@ -95,3 +95,26 @@ def test_every_command_has_the_error_handling():
         if function is None:
             unguarded.append(" ".join(path))
     assert not unguarded
+
+
+def test_a_broken_json_file_a_user_passes_is_named_with_its_line(tmp_path):
+    bad = tmp_path / "schema.json"
+    bad.write_text('{\n  "type": "object",\n  properties: {}\n}\n')
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"instruction": "x", "output": "y"}\n')
+    for args in (["data", "check", str(rows), "--schema", str(bad), "--out", str(tmp_path / "o.jsonl")],
+                 ["eval", "gate", str(bad)]):
+        result = _run(args)
+        assert result.exit_code == EXIT_USER_ERROR, (args, result.output)
+        assert result.stderr.strip() == (f"error: {bad}, line 3, column 3: not valid JSON (Expecting property name "
+                                         "enclosed in double quotes); fix the file there.")
+
+
+def test_a_synth_spec_that_is_not_a_module_or_fails_is_the_users_error(tmp_path):
+    missing = _run(["data", "synth", "--spec", "no_such_module:SPEC", "--out", str(tmp_path / "s.jsonl")])
+    assert missing.exit_code == EXIT_USER_ERROR and "no module 'no_such_module'" in missing.stderr
+    failing = tmp_path / "spec.py"
+    failing.write_text("raise RuntimeError('the spec itself is broken')\n")
+    broken = _run(["data", "synth", "--spec", f"{failing}:SPEC", "--out", str(tmp_path / "s.jsonl")])
+    assert broken.exit_code == EXIT_USER_ERROR
+    assert broken.stderr.strip() == f"error: {failing}: running the spec failed (RuntimeError: the spec itself is broken)."

@@ -99,8 +99,8 @@ def test_hf_hub_offline_fails_at_once_without_a_probe(monkeypatch):
         models.resolve_model("someone/unknown-model-7b")
 
 
-def test_offline_a_cached_hub_model_resolves_to_its_snapshot(monkeypatch, tmp_path):
-    """train/eval/serve with a hub id work offline when `hf download` put the model in the cache before."""
+def _cache_one_model(monkeypatch, tmp_path) -> Path:
+    """A Hugging Face cache holding someone/cached-model, laid out as `hf download` leaves it."""
     from huggingface_hub import constants
 
     snapshot = tmp_path / "models--someone--cached-model" / "snapshots" / ("a" * 40)
@@ -109,8 +109,32 @@ def test_offline_a_cached_hub_model_resolves_to_its_snapshot(monkeypatch, tmp_pa
     (tmp_path / "models--someone--cached-model" / "refs").mkdir()
     (tmp_path / "models--someone--cached-model" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    return snapshot
+
+
+def test_offline_a_cached_hub_model_resolves_to_its_snapshot(monkeypatch, tmp_path):
+    """train/eval/serve with a hub id work offline when `tuneloop models pull` put the model in the cache before."""
+    snapshot = _cache_one_model(monkeypatch, tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert Path(models.resolve_model("someone/cached-model")) == snapshot.resolve()
+
+
+def test_models_pull_of_a_hub_id_offline(monkeypatch, tmp_path):
+    _cache_one_model(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cached = CliRunner().invoke(app, ["models", "pull", "someone/cached-model"])
+    assert cached.exit_code == 0 and "already in the Hugging Face cache" in cached.output
+    missing = CliRunner().invoke(app, ["models", "pull", "someone/missing-model"])
+    assert missing.exit_code == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "HF_HUB_OFFLINE is set" in missing.stderr
+
+
+def test_doctor_says_offline_is_fine_and_what_works(monkeypatch):
+    from tuneloop.doctor import check_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check = check_hub()
+    assert check.level == "info" and check.value == "offline" and "tuneloop plan" in check.fix
 
 
 def test_a_typo_is_neither_a_folder_nor_a_hub_id():

@@ -159,8 +159,20 @@ def check_default_model() -> Check:
     return Check("default model", "warn", "not converted", "Run `tuneloop models pull default` (about 30 s, offline).")
 
 
+def check_hub() -> Check:
+    """Whether hub ids work here; offline is a normal way to run tuneloop, so this is information, not a failure."""
+    from tuneloop.models import hub_unavailable_reason
+
+    reason = hub_unavailable_reason()
+    if reason is None:
+        return Check("model hub", "ok", "reachable")
+    return Check("model hub", "info", "offline", f"{reason}: hub ids work only once in the local Hugging Face cache "
+                 "(`hf download ID`); `tuneloop plan` knows the common families offline; the default model needs no hub.")
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     check_python, check_torch, check_gpus, check_bf16, check_attention, check_memory, check_engines, check_default_model,
+    check_hub,
 )
 
 

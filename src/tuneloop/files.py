@@ -107,8 +107,23 @@ def write_json(path: str | os.PathLike[str], value: Any) -> Path:
     return write_text(path, json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
+class JSONFileError(json.JSONDecodeError):
+    """A JSON file that does not parse, named with the line and column where it breaks (still a JSONDecodeError,
+    so callers that catch that keep working)."""
+
+    def __init__(self, path: str | os.PathLike[str], err: json.JSONDecodeError):
+        super().__init__(err.msg, err.doc, err.pos)
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path}, line {self.lineno}, column {self.colno}: not valid JSON ({self.msg}); fix the file there."
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise JSONFileError(path, err) from err
 
 
 @contextlib.contextmanager

@@ -92,8 +92,8 @@ def resolve_hub_id(model_id: str) -> str:
     if cached is not None:
         return cached
     raise ModelError(f"{model_id}: not in the local Hugging Face cache, and the hub cannot be used ({reason}). Connect "
-                     f"to the network, or run `hf download {model_id}` where there is one (it fills the cache read "
-                     "here offline), or pass a model folder.")
+                     f"and run `tuneloop models pull {model_id}` once (later runs find it offline), or pass a model "
+                     "folder.")
 
 
 def _env_true(name: str) -> bool:
@@ -121,6 +121,22 @@ def _probe(endpoint: str) -> str | None:
     except httpx.HTTPError as err:
         return f"{endpoint} does not answer: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
     return None
+
+
+def pull_hub(model_id: str) -> tuple[str, bool]:
+    """Download a hub model into the local Hugging Face cache, so later commands find it offline.
+
+    Returns the snapshot folder and whether it was already there. Offline, a cached model is enough; an uncached one
+    is a ModelError at once (resolve_hub_id).
+    """
+    if not HUB_ID.match(model_id):
+        raise ModelError(f"{model_id}: not a Hugging Face model id (owner/name), nor 'default'.")
+    cached = cached_snapshot(model_id)
+    if hub_unavailable_reason() is not None:
+        return resolve_hub_id(model_id), True
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model_id), cached is not None
 
 
 def cached_snapshot(model_id: str) -> str | None:

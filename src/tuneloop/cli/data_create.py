@@ -183,9 +183,16 @@ def load_spec(reference: str, base: Path) -> Any:
             raise UserError(f"{path}: no such spec file; write one defining {name} = SynthSpec(...) (see tuneloop.data.synth).")
         spec = importlib.util.spec_from_file_location(f"tuneloop_user_synth_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        try:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as err:  # the user's own code: name it (with --debug its traceback shows)
+            raise UserError(f"{path}: running the spec failed ({type(err).__name__}: {err}).") from err
     else:
-        module = importlib.import_module(target)
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as err:
+            raise UserError(f"--spec {reference}: no module {err.name!r}; point --spec at FILE.py:NAME or "
+                            "package.module:NAME of a SynthSpec.") from None
     if not hasattr(module, name):
         raise UserError(f"{reference}: the module defines no {name}; point --spec at FILE.py:NAME of a SynthSpec.")
     return getattr(module, name)

