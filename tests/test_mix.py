@@ -68,3 +68,21 @@ def test_keep_counts_never_exceed_what_exists_and_respect_the_drop_bound(counts,
     keep = keep_counts(counts, TARGET, max_drop)
     assert all(0 <= keep[k] <= counts[k] for k in counts)
     assert sum(keep.values()) >= (1 - max_drop) * sum(counts.values()) - 1e-6
+
+
+def test_the_mix_command_writes_every_row_it_leaves_out_whole_beside_its_output(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tuneloop.cli.main import app
+    from tuneloop.data.formats import load_samples, write_samples
+
+    monkeypatch.chdir(tmp_path)
+    rows = typed({"golden": 30, "negative": 4, "boundary": 6, "generic": 2})
+    source = write_samples(tmp_path / "train.jsonl", rows)
+    result = CliRunner().invoke(app, ["data", "mix", str(source), "--out", "mixed.jsonl"])
+    assert result.exit_code == 0, result.output
+    kept, dropped = load_samples(tmp_path / "mixed.jsonl"), load_samples(tmp_path / "mixed.dropped.jsonl")
+    assert dropped and sorted(s.id for s in kept + dropped) == sorted(s.id for s in rows)
+    by_id = {s.id: s for s in rows}
+    assert all(s.model_dump() == by_id[s.id].model_dump() for s in dropped)  # whole rows, not ids
+    assert f"rows: {len(rows)} in = {len(kept)} kept + {len(dropped)} left out by the mix + 0 quarantined" in result.output

@@ -66,7 +66,7 @@ def print_counts(rows_in: int, parts: dict[str, int], where: str = "") -> None:
         raise RuntimeError(f"row accounting is off: {rows_in} rows in, {parts}; this is a bug in tuneloop, "
                            "please report it")
     console.print(f"rows: {rows_in} in = " + " + ".join(f"{n} {name}" for name, n in parts.items()) + where,
-                  highlight=False)
+                  highlight=False, soft_wrap=True)  # one line, whatever the terminal's width: scripts read it
 
 
 def parse_mapping(items: list[str]) -> dict[str, str]:
