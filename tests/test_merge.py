@@ -192,3 +192,18 @@ def test_a_new_merge_that_fails_its_gate_leaves_the_previous_export_in_place(exp
     assert failed.value.failures == ["max logit difference 5.00e-01 ≥ 1e-04", "greedy answers differ from base + adapter"]
     assert tree_digest(out) == before
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no staging folder left beside it
+
+
+def test_export_merge_exits_1_with_one_failed_line_when_its_gate_says_no(exported, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import tuneloop.export.merge as merge
+    from tuneloop.cli.main import app
+
+    run, _, _ = exported
+    monkeypatch.setattr(merge, "compare_with_reference", lambda *args: (0.5, False))
+    result = CliRunner().invoke(app, ["export", "merge", "--run", str(run), "--out", str(tmp_path / "out"),
+                                      "--check-prompts", "2"])
+    assert result.exit_code == 1, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("failed: merge gate failed")]
+    assert not (tmp_path / "out").exists()

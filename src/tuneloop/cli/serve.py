@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from tuneloop.cli.apps import app, canary_app, export_app
-from tuneloop.cli.common import UserError, console, find_project, friendly_errors
+from tuneloop.cli.common import UserError, console, err_console, find_project, friendly_errors
 
 
 def _project_defaults():
@@ -169,9 +170,13 @@ def export_merge(
 
     Example: tuneloop export merge --run runs/20250101-ab12 --out exports/ticket-v2 --shard-size 5
     """
-    from tuneloop.export.merge import merge_run
+    from tuneloop.export.merge import MergeGateError, merge_run
 
-    report = merge_run(run, out, shard_size=shard_size, check_prompts=check_prompts, dtype=dtype)
+    try:
+        report = merge_run(run, out, shard_size=shard_size, check_prompts=check_prompts, dtype=dtype)
+    except MergeGateError as err:  # a check that said no, not bad input: exit 1, as a refused round does
+        err_console.print(f"[bold red]failed:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     parity = report.parity
     console.print(f"[green]merged[/] {run} → {out}: max logit diff {report.max_logit_diff:.2e}, greedy identical "
                   f"{report.greedy_identical} on {report.prompts_checked} prompts; template parity "
