@@ -134,7 +134,7 @@ SHAPES = {f.__name__: f for f in (
     jsonl_with_bad_rows, jsonl_bom_crlf, jsonl_truncated_last_line, utf16_jsonl, empty_file, json_array_broken_part_way,
     pretty_sharegpt_array, json_object_of_rows, openai_messages, csv_with_quoted_newlines, damaged_parquet,
     llamafactory_folder)}
-COMMANDS = ("import", "check", "dedup", "redact", "split", "mix", "gate", "leakage", "export")
+COMMANDS = ("import", "check", "dedup", "redact", "split", "mix", "gate", "leakage", "export", "register")
 
 
 def counted(output: str) -> list[tuple[int, dict[str, int]]]:
@@ -166,6 +166,13 @@ def test_every_command_accounts_for_every_row_of_every_shape(tmp_path, shape, co
     source, rows_in = SHAPES[shape](tmp_path)
     is_folder = source.is_dir()
     out = tmp_path / "out" / "rows.jsonl"
+    if command == "register":  # the registry's row count of a file is its rows in, good and bad alike
+        files = sorted(p for p in source.rglob("*.json") if p.name != "dataset_info.json") if is_folder else [source]
+        result = invoke(["data", "register", "shape", *files, "--manifest", tmp_path / "registry.json"])
+        assert result.exit_code == 0, result.output
+        registered = read_json(tmp_path / "registry.json")["datasets"]["shape"]["files"]
+        assert sum(f["rows"] for f in registered) == rows_in, registered
+        return
     if is_folder and command != "import":
         result = invoke(["data", command, source, "--out", out] if command not in ("split", "leakage", "export")
                         else ["data", command, source, "--out-dir", tmp_path / "split"] if command == "split"
