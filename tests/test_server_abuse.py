@@ -261,10 +261,10 @@ def test_a_schema_that_does_not_compile_fails_only_its_own_request_in_a_batch(se
             jsonschema.validate(json.loads(future.result(timeout=60).text), GOOD_SCHEMA)
 
 
-def test_the_grammar_cache_is_bounded_and_keeps_the_recently_used(server):
+def test_the_grammar_cache_is_bounded_and_keeps_the_recently_used(server, monkeypatch):
     _, _, app = server
     grammars = app.state.engine.grammars
-    grammars.cache_size = 4
+    monkeypatch.setattr(grammars, "cache_size", 4)
     formats = [_schema_format({"type": "object", "properties": {f"k{i}": {"type": "integer"}}, "required": [f"k{i}"]})
                for i in range(10)]
     first = grammars.compile(formats[0])
@@ -315,3 +315,27 @@ def test_serving_beyond_loopback_without_a_key_is_refused_unless_insecure(tmp_pa
     # with --insecure it goes on to load the model (which does not exist here): a different error
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--insecure", "--model", str(tmp_path / "no-model")])
     assert result.exit_code != 0 and "--insecure" not in result.output
+
+
+def test_an_answer_that_fails_its_schema_is_an_error_never_a_success(server, monkeypatch):
+    """Should the grammar ever let through what the schema forbids, validation after generation catches it."""
+    root, store_path, app = server
+    grammars = app.state.engine.grammars
+    loose = grammars.compile({"type": "json_object"})
+    monkeypatch.setattr(grammars, "compile", lambda response_format: loose)  # a grammar wider than the schema
+    schema = {"type": "object", "properties": {"code": {"type": "string", "const": "a-value-no-random-model-writes"}},
+              "required": ["code"]}
+    for seed in range(3):
+        response = httpx.post(f"{root}/v1/chat/completions", json=_chat(
+            max_tokens=32, temperature=1.0, seed=seed, response_format=_schema_format(schema)))
+        body = response.json()
+        assert response.status_code == 500 and body["error"]["type"] == "schema_validation_error"
+        assert body["choices"][0]["finish_reason"] == "schema_invalid"
+        with TraceStore(store_path) as store:
+            trace = store.get(body["id"])
+        assert trace.finish_reason == "schema_invalid" and trace.schema_valid is False and trace.error
+    with httpx.stream("POST", f"{root}/v1/chat/completions", json=_chat(
+            max_tokens=32, temperature=1.0, seed=9, stream=True, response_format=_schema_format(schema))) as stream:
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert any('"finish_reason": "schema_invalid"' in e for e in events)
+    assert any("schema_validation_error" in e for e in events)
