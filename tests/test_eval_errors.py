@@ -303,3 +303,15 @@ def test_augment_shows_progress_asks_a_derived_max_tokens_and_resumes_from_its_c
     assert sum(script.seen.values()) == 8 - 3  # 4 seeds x 2 kinds; three came from the cache
     assert "3 answered from the cache" in result.output
     assert f"max_tokens {rewrite_budget(seeds, 2)[0]}: n=2 rewrites" in result.output and "ETA" in result.output
+
+
+def test_judge_verdicts_are_journaled_and_a_rerun_asks_only_for_missing_ones(script, tmp_path):
+    settings = EvalConfig(judge={"base_url": script.url, "model": "judge"})
+    target = {"base_url": script.url, "model": "m"}
+    test_file = write_test_set(tmp_path, ["plain", "also plain", "third"])
+    run_eval("served", test_file, tmp_path / "ev", SCHEMA, settings, endpoint=target, progress=False)
+    assert len((tmp_path / "ev" / "judge.jsonl").read_text().splitlines()) == 3
+    script.seen.clear()
+    summary = run_eval("served", test_file, tmp_path / "ev", SCHEMA, settings, endpoint=target, progress=False)
+    assert sum(script.seen.values()) == 0 and summary["resumed"] == 3  # neither answers nor verdicts asked again
+    assert summary["modes"]["unconstrained"]["judge_mean"] == 5.0

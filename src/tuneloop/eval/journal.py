@@ -3,7 +3,7 @@
 ```
 journal.jsonl   {"key": <run key>, "id": <item id>, ...result}   one line per finished item, fsync'ed per batch
 rerun, same key ──▶ items whose id is in the journal are skipped; their stored results are used as they are
-rerun, other key (model, settings or prompt changed) ──▶ nothing is reused
+rerun, other key (model or settings changed) ──▶ the journal starts over (one journal holds one run)
 ```
 A kill can leave a last line half written; it is cut off on open (the item is simply done again). Failed items
 (a request error) are never journaled, so a rerun retries them.
@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tuneloop.files import write_bytes
+
 
 class Journal:
     """Finished items of one run key in one JSONL file; `append` is thread-safe and durable on return."""
@@ -30,11 +32,12 @@ class Journal:
             self.path.unlink()
         self._repair()
         self.done: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                if row.get("key") == key:
-                    self.done[row["id"]] = row
+        rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()] if self.path.exists() else []
+        for row in rows:
+            if row.get("key") == key:
+                self.done[row["id"]] = row
+        if len(self.done) < len(rows):  # another run's answers: not reusable, and not to grow the file forever
+            self._rewrite(json.dumps(row, ensure_ascii=False).encode() for row in self.done.values())
 
     def _repair(self) -> None:
         """Cut a half-written last line (a kill mid-write) so the next append starts on a line of its own."""
@@ -45,11 +48,10 @@ class Journal:
         good = data[:end]
         broken = [line for line in good.splitlines() if line.strip() and not _parses(line)]
         if end < len(data) or broken:
-            kept = b"".join(line + b"\n" for line in good.splitlines() if line.strip() and _parses(line))
-            with open(self.path, "wb") as handle:
-                handle.write(kept)
-                handle.flush()
-                os.fsync(handle.fileno())
+            self._rewrite(line for line in good.splitlines() if line.strip() and _parses(line))
+
+    def _rewrite(self, lines: Iterable[bytes]) -> None:
+        write_bytes(self.path, b"".join(line + b"\n" for line in lines))
 
     def append(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Store (id, result) pairs under this run's key; flushed and fsync'ed before returning."""
