@@ -62,3 +62,50 @@ def test_without_schema_metrics_exact_match_decides():
         "exact_match": compare_binary([True] * 30, [True] * 5 + [False] * 25)}}}}
     verdict = round_verdict(data)
     assert verdict["verdict"] == "worse" and list(verdict["metrics"]) == ["exact_match"]
+
+
+def eval_folder(folder, samples, answers, model):
+    """A finished eval folder from hand-made answers (what `run_eval` writes, minus the model)."""
+    from jsonschema import Draft202012Validator
+
+    from tuneloop.data.formats import write_samples
+    from tuneloop.eval.metrics import score_answer
+    from tuneloop.eval.runner import build_summary, slices, write_results
+    from tuneloop.files import write_json
+    from tuneloop.project import EvalConfig
+    from tuneloop.records import EvalResult, content_hash, to_messages
+
+    validator = Draft202012Validator(SCHEMA)
+    results = [EvalResult(sample_id=s.id, model=model, prompt_hash=content_hash(to_messages(s, with_answer=False)),
+                          raw=a, finish_reason="stop", prompt_tokens=10, constrained=False,
+                          scores=score_answer(s, a, "stop", validator), mode="unconstrained", slices=slices(s),
+                          sample=s.model_dump(mode="json"))
+               for s, a in zip(samples, answers)]
+    write_results(folder / "results.jsonl", results)
+    write_json(folder / "summary.json", build_summary(results, model, write_samples(folder / "test.jsonl", samples),
+                                                      EvalConfig(), quarantined=0, seconds=0.0))
+    return folder
+
+
+SCHEMA = {"type": "object", "properties": {"intent": {"type": "string", "enum": ["refund", "other"]}},
+          "required": ["intent"], "additionalProperties": False}
+
+
+def test_eval_compare_writes_and_prints_the_verdict(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tuneloop.cli.main import app
+    from tuneloop.records import Sample
+
+    samples = [Sample(id=f"s{i}", instruction="Extract the intent as JSON.", input=f"ticket {i}",
+                      output={"intent": "refund"}) for i in range(30)]
+    before = eval_folder(tmp_path / "before", samples, ["no idea"] * 30, "base")
+    after = eval_folder(tmp_path / "after", samples, ['{"intent": "refund"}'] * 28 + ["no idea"] * 2, "tuned")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["eval", "compare", str(before), str(after), "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    assert "unconstrained verdict: improved (paired tests at alpha 0.05)" in result.output
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved["modes"]["unconstrained"]["verdict"]["verdict"] == "improved"

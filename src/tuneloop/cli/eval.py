@@ -137,6 +137,7 @@ def compare(
             table.add_row(name, f"{s['baseline']:.3f}", f"{s['candidate']:.3f}", f"{s['delta']:+.3f}",
                           f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]", "—" if p is None else f"{p:.3g}", s["verdict"])
         console.print(table)
+        console.print(f"{mode} verdict: {data['verdict']['verdict']} (paired tests at alpha {alpha})", highlight=False)
     console.print(f"comparison: {out}/comparison.json, report: {out}/report.html")
 
 

@@ -112,6 +112,8 @@ def compare_evals(baseline_dir: str | Path, candidate_dir: str | Path, out_dir: 
         }
     if not comparison["modes"]:
         raise EvalError(f"{baseline_dir} and {candidate_dir} share no eval mode (unconstrained/constrained) to compare.")
+    for mode, data in comparison["modes"].items():
+        data["verdict"] = round_verdict(comparison, mode)
     if judge and "unconstrained" in pairs_by_mode:
         comparison["pairwise_judge"] = pairwise_summary(pairs_by_mode["unconstrained"], judge)
     out = Path(out_dir)

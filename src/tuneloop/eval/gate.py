@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.eval.compare import metric_verdict
 from tuneloop.eval.runner import EvalError
 from tuneloop.files import read_json
 from tuneloop.project import EvalGate
@@ -93,10 +94,7 @@ def gate_eval(comparison_or_summary: dict[str, Any] | str | Path, gate: EvalGate
         if stats is None:
             checks.append({"check": check, "value": None, "result": "skipped (does not apply)"})
             continue
-        if "p_value" in stats:  # binary: re-test at the gate's alpha
-            worse = stats["p_value"] < gate.alpha and stats["worse"] > stats["better"]
-        else:
-            worse = stats.get("verdict") == "worse"
+        worse = metric_verdict(stats, gate.alpha) == "worse"  # binary: McNemar re-tested at the gate's alpha
         evidence = (f"p = {stats['p_value']:.4g}" if "p_value" in stats
                     else f"95% CI of delta [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]")
         checks.append({"check": check, "value": round(stats["delta"], 4), "result": "fail" if worse else "pass",
