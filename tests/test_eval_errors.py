@@ -315,3 +315,21 @@ def test_judge_verdicts_are_journaled_and_a_rerun_asks_only_for_missing_ones(scr
     summary = run_eval("served", test_file, tmp_path / "ev", SCHEMA, settings, endpoint=target, progress=False)
     assert sum(script.seen.values()) == 0 and summary["resumed"] == 3  # neither answers nor verdicts asked again
     assert summary["modes"]["unconstrained"]["judge_mean"] == 5.0
+
+
+def test_augment_stops_when_a_rewrite_request_still_fails_and_the_rerun_retries_only_it(script, tmp_path, monkeypatch):
+    seeds = [Sample(id=f"a{i}", input=f"Cancel order P{i} please.", output={"order": f"P{i}"}) for i in range(3)]
+    seeds[1] = seeds[1].model_copy(update={"input": "Cancel order P1 please, always 500."})
+    write_samples(tmp_path / "seeds.jsonl", seeds)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNELOOP_LLM_BASE_URL", script.url)
+    monkeypatch.setenv("TUNELOOP_LLM_MODEL", "m")
+    args = ["data", "augment", "seeds.jsonl", "--out", "v.jsonl", "--llm", "--per-seed", "2", "--rules", "tone"]
+    failed = CliRunner().invoke(cli, args)
+    assert failed.exit_code == 2 and "2 rewrite requests failed after retries" in failed.output, failed.output
+    assert not (tmp_path / "v.jsonl").exists() and not (tmp_path / "v.quarantine.jsonl").exists()
+    script.healed = True
+    script.seen.clear()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert sum(script.seen.values()) == 2  # the seed's two kinds; the four answers that came are in the cache

@@ -87,7 +87,7 @@ def load_pools(pools: str | dict[str, list[str]] | None, base: Path) -> dict[str
 
 def llm_rewrites(config: AugmentConfig, base: Path, seeds: list[Any], per_seed: int) -> dict[str, Any]:
     from tuneloop.data.augment import rule_context
-    from tuneloop.data.augment_llm import request_rewrites
+    from tuneloop.data.augment_llm import raise_failed, request_rewrites
     from tuneloop.llm_client import LLMClient
 
     llm = config.llm
@@ -97,6 +97,7 @@ def llm_rewrites(config: AugmentConfig, base: Path, seeds: list[Any], per_seed: 
     results = request_rewrites(client, seeds, keep, n=per_seed, temperature=llm.temperature, progress=True)
     stats = client.stats
     console.print(f"LLM: {stats.called} requests sent, {stats.cached} answered from the cache, {stats.retries} retries")
+    raise_failed(results)  # nothing is written from a run that lacks answers; the rerun resumes from the cache
     return {r.seed_id: r for r in results}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tuneloop.llm_client import LLMClient, LLMError, max_tokens_for
 from tuneloop.progress import progress_bar, say
@@ -57,11 +57,13 @@ def parse_rewrites(text: str) -> list[str]:
 
 @dataclass
 class Rewrites:
-    """What the endpoint gave for one seed: candidate inputs per kind, and errors (request failed, bad answer)."""
+    """What the endpoint gave for one seed: candidate inputs per kind, answers that were not rewrites (`errors`,
+    quarantined as reasons), and requests that got no answer at all (`failed`: an error of the run, not data)."""
 
     seed_id: str
     texts: list[tuple[str, str]]  # (kind, rewritten input)
     errors: list[str]
+    failed: list[str] = field(default_factory=list)
 
 
 def rewrite_budget(seeds: Sequence[Sample], n: int) -> tuple[int, str]:
@@ -84,8 +86,8 @@ def request_rewrites(
     """Rewrites for every seed (one request per seed and kind, run with the client's bounded concurrency).
 
     Each answer is cached as it arrives, so a rerun after a kill asks only for the rest. A request that failed
-    after retries becomes an error of its seed (quarantined by `augment_samples`); a configuration error of the
-    endpoint (EndpointConfigError) stops the run.
+    after the client's retries is listed in its seed's `failed` (the caller stops: see `raise_failed`); a
+    configuration error of the endpoint (EndpointConfigError) stops the run at once.
     """
     jobs = [(i, kind) for i in range(len(seeds)) for kind in kinds]
     max_tokens, reason = rewrite_budget(seeds, n)
@@ -100,10 +102,20 @@ def request_rewrites(
     results = [Rewrites(seed.id, [], []) for seed in seeds]
     for (i, kind), answer in zip(jobs, answers):
         if isinstance(answer, LLMError):
-            results[i].errors.append(f"llm:{kind}: {answer}")
+            results[i].failed.append(f"llm:{kind}: {answer}")
             continue
         try:
             results[i].texts.extend((kind, text) for text in parse_rewrites(answer))
         except ValueError as err:
             results[i].errors.append(f"llm:{kind}: {err}")
     return results
+
+
+def raise_failed(results: Sequence[Rewrites]) -> None:
+    """Stop when any rewrite request got no answer: the variants would silently lack it. The answers that did
+    arrive are cached, so running the same command again asks only for the failed ones."""
+    failed = [reason for r in results for reason in r.failed]
+    if failed:
+        total = sum(len(r.failed) for r in results)
+        raise LLMError(f"{total} rewrite requests failed after retries (first: {failed[0]}); the other answers are "
+                       "cached: run the same command again to retry only the failed ones.")
