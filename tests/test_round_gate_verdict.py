@@ -64,31 +64,15 @@ def test_without_schema_metrics_exact_match_decides():
     assert verdict["verdict"] == "worse" and list(verdict["metrics"]) == ["exact_match"]
 
 
-def eval_folder(folder, samples, answers, model):
-    """A finished eval folder from hand-made answers (what `run_eval` writes, minus the model)."""
-    from jsonschema import Draft202012Validator
+def eval_tests():
+    """The eval tests' module, for its maker of eval folders (one definition, not a copy)."""
+    import importlib.util
+    from pathlib import Path
 
-    from tuneloop.data.formats import write_samples
-    from tuneloop.eval.metrics import score_answer
-    from tuneloop.eval.runner import build_summary, slices, write_results
-    from tuneloop.files import write_json
-    from tuneloop.project import EvalConfig
-    from tuneloop.records import EvalResult, content_hash, to_messages
-
-    validator = Draft202012Validator(SCHEMA)
-    results = [EvalResult(sample_id=s.id, model=model, prompt_hash=content_hash(to_messages(s, with_answer=False)),
-                          raw=a, finish_reason="stop", prompt_tokens=10, constrained=False,
-                          scores=score_answer(s, a, "stop", validator), mode="unconstrained", slices=slices(s),
-                          sample=s.model_dump(mode="json"))
-               for s, a in zip(samples, answers)]
-    write_results(folder / "results.jsonl", results)
-    write_json(folder / "summary.json", build_summary(results, model, write_samples(folder / "test.jsonl", samples),
-                                                      EvalConfig(), quarantined=0, seconds=0.0))
-    return folder
-
-
-SCHEMA = {"type": "object", "properties": {"intent": {"type": "string", "enum": ["refund", "other"]}},
-          "required": ["intent"], "additionalProperties": False}
+    spec = importlib.util.spec_from_file_location("eval_run_tests", Path(__file__).with_name("test_eval_run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_eval_compare_writes_and_prints_the_verdict(tmp_path, monkeypatch):
@@ -99,10 +83,12 @@ def test_eval_compare_writes_and_prints_the_verdict(tmp_path, monkeypatch):
     from tuneloop.cli.main import app
     from tuneloop.records import Sample
 
+    write_run = eval_tests().write_run  # finished eval folders from hand-made answers
+
     samples = [Sample(id=f"s{i}", instruction="Extract the intent as JSON.", input=f"ticket {i}",
                       output={"intent": "refund"}) for i in range(30)]
-    before = eval_folder(tmp_path / "before", samples, ["no idea"] * 30, "base")
-    after = eval_folder(tmp_path / "after", samples, ['{"intent": "refund"}'] * 28 + ["no idea"] * 2, "tuned")
+    before = write_run(tmp_path / "before", samples, ["no idea"] * 30, "base")
+    after = write_run(tmp_path / "after", samples, ['{"intent": "refund"}'] * 28 + ["no idea"] * 2, "tuned")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["eval", "compare", str(before), str(after), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
