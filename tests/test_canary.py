@@ -189,3 +189,26 @@ def _recount(store):
     from tuneloop.serve.canary import arm_metrics
 
     return arm_metrics(store, since=0)
+
+
+def test_malformed_calls_to_the_router_are_400_and_a_backend_without_a_completion_is_502(backends, tmp_path):
+    weird = FastAPI()
+
+    @weird.post("/v1/chat/completions")
+    def chat():
+        return {"nothing": "here"}
+
+    good, _ = backends
+    with run_in_background(weird) as weird_root:
+        config = CanaryConfig(good, f"{weird_root}/v1", weight=1.0)
+        with run_in_background(create_router(config, str(tmp_path / "t.db"))) as root:
+            for body in (b"\xff\xfe", b"{broken", b"[1]", b"NaN"):
+                for path in ("/v1/chat/completions", "/v1/feedback"):
+                    assert httpx.post(f"{root}{path}", content=body).status_code == 400
+            assert httpx.post(f"{root}/v1/feedback", json={"trace_id": 5}).status_code == 400
+            answer = httpx.post(f"{root}/v1/chat/completions",
+                                json={"model": "m", "user": "u", "messages": [{"role": "user", "content": "x"}]})
+            assert answer.status_code == 502
+    with TraceStore(tmp_path / "t.db") as store:
+        (trace,) = store.traces()
+        assert trace.arm == "canary" and "without a chat completion" in trace.error

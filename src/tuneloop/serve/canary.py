@@ -34,9 +34,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tuneloop.records import Trace
 from tuneloop.serve.outcome import judge_output
+from tuneloop.serve.requests import BadRequest, parse_json_object, read_body
 from tuneloop.traces.store import TraceStore, TraceStoreError, new_trace_id
 
 STATE_KEY = "canary"
+MAX_BODY_BYTES = 1_000_000
 ARMS = ("stable", "canary")
 
 
@@ -205,20 +207,25 @@ def create_router(config: CanaryConfig, trace_store_path: str) -> FastAPI:
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        body = await request.json()
         try:
-            return {"id": store.add_feedback(body.get("trace_id", ""), body.get("score"), body.get("comment"))}
+            body = parse_json_object(await read_body(request, MAX_BODY_BYTES))
+        except BadRequest as err:
+            return JSONResponse({"error": {"message": str(err)}}, status_code=err.status)
+        score = body.get("score")
+        if not isinstance(body.get("trace_id"), str) or not (score is None or isinstance(score, (int, float))):
+            return JSONResponse({"error": {"message": "feedback needs {trace_id: str, score: number, comment}."}},
+                                status_code=400)
+        try:
+            return {"id": store.add_feedback(body["trace_id"], score, body.get("comment"))}
         except TraceStoreError as err:
             return JSONResponse({"error": {"message": str(err)}}, status_code=404)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            return JSONResponse({"error": {"message": "request body is not UTF-8 JSON."}}, status_code=400)
-        if not isinstance(body, dict):
-            return JSONResponse({"error": {"message": "request body must be a JSON object."}}, status_code=400)
+        try:  # the same body limits and checks as the embedded server; the backend judges the fields
+            body = parse_json_object(await read_body(request, MAX_BODY_BYTES))
+        except BadRequest as err:
+            return JSONResponse({"error": {"message": str(err)}}, status_code=err.status)
         user = body.get("user") or request.headers.get("x-user-id") or uuid.uuid4().hex
         arm = "stable" if gate.rolled_back else arm_for(user, config.weight)
         trace_id, started = new_trace_id(), time.perf_counter()
@@ -250,8 +257,14 @@ def create_router(config: CanaryConfig, trace_store_path: str) -> FastAPI:
             record("", response.status_code, f"HTTP {response.status_code}: {response.text[:200]}", None, None, None)
             return JSONResponse(response.json() if _is_json(response) else {"error": {"message": response.text}},
                                 status_code=response.status_code)
-        answer = response.json()
-        choice = answer["choices"][0]
+        try:
+            answer = response.json()
+            choice = answer["choices"][0]
+            choice["message"].get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            record("", 502, f"{arm} backend answered 200 without a chat completion: {response.text[:200]}", None, None, None)
+            return JSONResponse({"error": {"message": f"{arm} backend answered without a chat completion"}},
+                                status_code=502)
         record(choice["message"].get("content") or "", 200, None, answer.get("model"), answer.get("usage"),
                choice.get("finish_reason"))
         answer["id"] = trace_id
