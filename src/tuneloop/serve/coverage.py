@@ -98,7 +98,7 @@ def schema_coverage(schema: Any) -> Coverage:
     """Walk a JSON Schema (draft 2020-12) and give each keyword its verdict.
 
     >>> [k.line() for k in schema_coverage({"type": "string", "maxLength": 3, "not": {"const": "x"}}).keywords]
-    ['enforced   #/type', 'enforced   #/maxLength', "refused    #/not  (the grammar cannot exclude values)"]
+    ['enforced   #/type', 'enforced   #/maxLength', 'refused    #/not  (the grammar cannot exclude values)']
     >>> schema_coverage({"maxLength": 3}).refused[0].reason
     'maxLength is enforced only where the node says "type": "string"'
     """
