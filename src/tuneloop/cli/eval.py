@@ -47,7 +47,8 @@ def _rates_table(modes: dict[str, Any]) -> Table:
 def run(
     model: str = typer.Argument(None, help="default, a model or export folder, or a run's adapter folder (default: the project's model)."),
     test: Path = typer.Option(None, "--test", help="Test samples (JSONL). In a project: the latest round's test.jsonl."),
-    out: Path = typer.Option(None, "--out", help="Output folder. In a project: evals/<time>-<model>."),
+    out: Path = typer.Option(None, "--out", help="Output folder. In a project: evals/<model>-<key of model, test "
+                                                 "file and settings>, so the same command resumes it."),
     schema: Path = typer.Option(None, "--schema", help="JSON Schema of the answer (default: the project's task.schema)."),
     system: str = typer.Option(None, "--system", help="Default system prompt (default: the project's task.system)."),
     endpoint: str = typer.Option(None, "--endpoint", help="Evaluate an OpenAI-compatible server instead, e.g. http://127.0.0.1:8000/v1."),
