@@ -196,3 +196,15 @@ def test_a_served_answer_that_fails_its_check_refuses_the_round(template_project
     assert summary["stages"][-1]["name"] == "serve smoke" and summary["stages"][-1]["status"] == "refused"
     state = json.loads((project / "loop" / "r0001" / "state.json").read_text())["stages"]
     assert "serve smoke" not in state
+
+
+def test_a_stage_that_breaks_stops_the_round_with_exit_2_and_a_summary(template_project, tmp_path):
+    project = project_copy(template_project, tmp_path, train={"method": "qlora"})  # QLoRA needs a GPU
+    result = run(project)
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert "error: stage 'train' failed: QLoRA needs a CUDA GPU" in result.output
+    summary = summary_of(project)
+    assert summary["outcome"]["status"] == "failed" and summary["stages"][-1] == {"name": "train", "status": "failed",
+                                                                                  "seconds": summary["stages"][-1]["seconds"]}
+    state = json.loads((project / "loop" / "r0001" / "state.json").read_text())["stages"]
+    assert "train" not in state and "baseline eval" in state

@@ -109,7 +109,11 @@ def run_round(project: Project, options: LoopOptions | None = None,
         refused = err if isinstance(err, RoundRefused) else None
         outcome = ({"status": "refused", "stage": refused.stage, "reasons": refused.reasons, "advice": refused.advice}
                    if refused else {"status": "failed", "reasons": [str(err)], "advice": None})
-        summary_file = round_.write_summary(outcome)
+        try:
+            summary_file = round_.write_summary(outcome)
+        except Exception as summary_error:  # the stage's own error is the one to report
+            err.add_note(f"the round's summary could not be written: {summary_error!r}")
+            raise err from err.__cause__
         if refused and summary_file:
             refused.summary_file = summary_file
         raise
