@@ -140,3 +140,38 @@ def test_check_schema_lists_each_keyword_and_fails_on_a_refused_one(tmp_path):
     broken.write_text('{"type": "object",\n "properties": }')
     result = CliRunner().invoke(app, ["serve", "--check-schema", str(broken)])
     assert result.exit_code != 0 and "line 2" in result.output
+
+
+def test_type_lists_and_enums_beside_type_are_enforced_or_refused_never_leaked(grammars):
+    """The shapes the suite rarely uses: nullable types with bounds, enums beside a type, every pair of types."""
+    import itertools
+
+    values = [None, True, 0, 1, 2, 3, -1, 2.5, 10, "", "a", "ab", "abc", "aaa", [], [1], [1, 2], ["a"], {}, {"a": 1}]
+    keywords = [{"minimum": 1}, {"exclusiveMaximum": 2}, {"minLength": 2}, {"maxLength": 2}, {"pattern": "^a+$"},
+                {"minItems": 1}, {"maxItems": 1}, {"multipleOf": 2}, {"items": {"type": "integer"}},
+                {"properties": {"a": {"type": "integer"}}, "required": ["a"]}, {"enum": [1, "a", None, 2.5]}]
+    types = ["integer", "number", "string", "array", "object", "null", "boolean"]
+    leaks, enforced = [], 0
+    for size in (1, 2):
+        for chosen in itertools.combinations(types, size):
+            for keyword in keywords:
+                schema = {"type": list(chosen) if size > 1 else chosen[0], **keyword}
+                if not schema_coverage(schema).ok:
+                    continue
+                try:
+                    compiled = grammars.compile({"type": "json_schema", "json_schema": {"schema": schema}})
+                except Exception:  # refused at compile time: a 400, not a leak
+                    continue
+                enforced += 1
+                validator = jsonschema.Draft202012Validator(schema)
+                leaks += [(schema, v) for v in values if not validator.is_valid(v) and _accepts(compiled, v)]
+    assert not leaks, leaks[:5]
+    assert enforced > 250
+    assert schema_coverage({"type": ["number", "null"], "minimum": 0}).ok
+    assert not schema_coverage({"type": "integer", "enum": [1, "a"]}).ok
+
+
+def test_the_shipped_example_schema_is_enforced_whole():
+    example = Path(__file__).parents[1] / "src" / "tuneloop" / "examples" / "json_extraction" / "ticket.schema.json"
+    coverage = schema_coverage(json.loads(example.read_text()))
+    assert coverage.ok, coverage.message()

@@ -2,7 +2,8 @@
 
 xgrammar turns a schema into a grammar, but not every keyword becomes part of it: some are silently dropped
 (`not`, `if/then/else`, `propertyNames`, `uniqueItems`, …), some only count where the node names its `type`
-(`{"maxLength": 2}` alone lets any JSON through), `oneOf` becomes `anyOf`. So tuneloop walks the schema itself:
+(`{"maxLength": 2}` alone lets any JSON through; `{"type": ["number", "null"], "minimum": 0}` is enforced),
+`oneOf` becomes `anyOf`. So tuneloop walks the schema itself:
 ```
 keyword at a node           verdict
   annotation (title, …)     annotation: no effect on what is valid
@@ -100,7 +101,7 @@ def schema_coverage(schema: Any) -> Coverage:
     >>> [k.line() for k in schema_coverage({"type": "string", "maxLength": 3, "not": {"const": "x"}}).keywords]
     ['enforced   #/type', 'enforced   #/maxLength', 'refused    #/not  (the grammar cannot exclude values)']
     >>> schema_coverage({"maxLength": 3}).refused[0].reason
-    'maxLength is enforced only where the node says "type": "string"'
+    'maxLength is enforced only where the node names its type ("type": "string")'
     """
     coverage = Coverage()
     if not isinstance(schema, dict):
@@ -127,7 +128,7 @@ def _walk(node: Any, path: str, root_schema: dict, coverage: Coverage, depth: in
         add(KeywordVerdict(path, "false", "refused", "a `false` schema accepts nothing (only additionalProperties/items may be false)"))
         return
     node_type = node.get("type")
-    single = node_type if isinstance(node_type, str) else None
+    types = {node_type} if isinstance(node_type, str) else set(node_type) if isinstance(node_type, list) else set()
     constraining = [k for k in node if k not in ANNOTATIONS and not k.startswith("x-")
                     and k not in ("$defs", "definitions", "$schema", "$id")]
     for keyword, value in node.items():
@@ -141,7 +142,7 @@ def _walk(node: Any, path: str, root_schema: dict, coverage: Coverage, depth: in
         elif keyword not in ENFORCED:
             add(KeywordVerdict(path, keyword, "refused", "unknown keyword (a typo?); draft 2020-12 would ignore it"))
         else:
-            reason = _refusal(keyword, value, node, single, constraining, root_schema)
+            reason = _refusal(keyword, value, node, types, constraining, root_schema)
             add(KeywordVerdict(path, keyword, "refused" if reason else "enforced", reason or ""))
             if reason:
                 continue
@@ -151,16 +152,24 @@ def _walk(node: Any, path: str, root_schema: dict, coverage: Coverage, depth: in
                 _walk(child, child_path, root_schema, coverage, depth + 1)
 
 
-def _refusal(keyword: str, value: Any, node: dict, single: str | None, constraining: list[str],
+def _refusal(keyword: str, value: Any, node: dict, types: set[str], constraining: list[str],
              root_schema: dict) -> str | None:
-    """Why the grammar would not enforce `keyword` at this node, or None when it does."""
+    """Why the grammar would not enforce `keyword` at this node, or None when it does.
+
+    A type keyword applies to the values of its type the node's `type` lists; without a `type` the grammar
+    drops it (any value passes), so it is refused there.
+    """
     kind = ENFORCED[keyword]
-    if kind != "any":
-        matches = single == kind or (kind == "number" and single == "integer")
-        if not matches:
-            return f'{keyword} is enforced only where the node says "type": "{kind}"'
+    if kind != "any" and not types:
+        return f'{keyword} is enforced only where the node names its type ("type": "{kind}")'
     if keyword == "type" and isinstance(value, list) and len(value) != len(set(value)):
         return "repeated types"
+    if keyword in ("enum", "const") and "type" in node:  # the grammar writes the values as listed, ignoring type
+        values = value if keyword == "enum" else [value]
+        typed = jsonschema.Draft202012Validator({"type": node["type"]})
+        outside = [v for v in values if not typed.is_valid(v)]
+        if outside:
+            return f"{keyword} values {outside[:3]} are not of the node's type; the grammar would write them anyway"
     if keyword in ("anyOf", "allOf", "$ref") and len(constraining) > 1:
         others = ", ".join(k for k in constraining if k != keyword)
         return f"{keyword} beside other constraints ({others}) is not combined by the grammar; move them into it"
@@ -168,11 +177,11 @@ def _refusal(keyword: str, value: Any, node: dict, single: str | None, constrain
         return "allOf with several schemas is not compiled; merge them into one schema"
     if keyword == "$ref":
         return _ref_problem(value, root_schema)
-    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and single == "integer":
+    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and "integer" in types:
         if abs(value) > INT64:
             return "integer bounds beyond 64 bits are not compiled"
-    if keyword == "multipleOf" and not (isinstance(value, int) or float(value).is_integer()):
-        return "multipleOf is enforced only as a whole number on integers"
+    if keyword == "multipleOf" and ("number" in types or not float(value).is_integer()):
+        return "multipleOf is enforced only as a whole number on integers (\"type\": \"integer\")"
     if keyword == "uniqueItems" and value:
         return "the grammar cannot forbid repeated items"
     if keyword == "required":
