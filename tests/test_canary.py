@@ -212,3 +212,15 @@ def test_malformed_calls_to_the_router_are_400_and_a_backend_without_a_completio
     with TraceStore(tmp_path / "t.db") as store:
         (trace,) = store.traces()
         assert trace.arm == "canary" and "without a chat completion" in trace.error
+
+
+def test_a_callers_schema_that_cannot_judge_is_a_failed_answer_not_a_router_crash(backends, tmp_path):
+    good, _ = backends
+    with run_in_background(create_router(CanaryConfig(good, good, weight=0.0), str(tmp_path / "t.db"))) as root:
+        for schema in ({"type": 5}, {"$ref": "#/nowhere"}, {"type": "string", "pattern": "["}):
+            answer = httpx.post(f"{root}/v1/chat/completions", json={
+                "model": "m", "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+            assert answer.status_code == 200
+    with TraceStore(tmp_path / "t.db") as store:
+        assert [t.schema_valid for t in store.traces()] == [False, False, False]

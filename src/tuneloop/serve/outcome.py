@@ -6,10 +6,12 @@ The embedded server and the canary router judge answers the same way, so per-arm
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+from referencing.exceptions import Unresolvable
 
 from tuneloop.eval.metrics import is_refusal
 
@@ -26,6 +28,8 @@ def judge_output(text: str, response_format: dict[str, Any] | None) -> Outcome:
 
     >>> judge_output('{"a": 1}', {"type": "json_schema", "json_schema": {"schema": {"required": ["b"]}}})
     Outcome(json_valid=True, schema_valid=False, refusal=False)
+    >>> judge_output('{"a": 1}', {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/nowhere"}}})
+    Outcome(json_valid=True, schema_valid=False, refusal=False)
     """
     try:
         value = json.loads(text)
@@ -35,7 +39,11 @@ def judge_output(text: str, response_format: dict[str, Any] | None) -> Outcome:
     schema = (response_format or {}).get("json_schema", {}).get("schema") if response_format else None
     schema_valid: bool | None = None
     if isinstance(schema, dict):
-        schema_valid = json_valid and jsonschema.Draft202012Validator(schema).is_valid(value)
+        try:
+            schema_valid = json_valid and jsonschema.Draft202012Validator(schema).is_valid(value)
+        except (jsonschema.SchemaError, Unresolvable, re.error, TypeError):
+            # the router passes on any caller's schema: one that cannot judge an answer never makes it valid
+            schema_valid = False
     # one refusal rule for eval and serving: a prose answer with a refusal phrase (en/zh)
     refusal = not json_valid and is_refusal(text or "")
     return Outcome(json_valid, schema_valid, refusal)
