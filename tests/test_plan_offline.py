@@ -146,3 +146,9 @@ def test_a_sequence_longer_than_the_model_was_trained_on_is_flagged():
     result = CliRunner().invoke(app, ["plan", "--model", "HuggingFaceTB/SmolLM2-360M", "--seq-len", "16384", "--json"])
     assert result.exit_code == 0, result.output
     assert "max_position_embeddings (8192)" in json.loads(result.output)["warnings"][0]
+
+
+def test_a_lora_adapter_folder_plans_its_base_model(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}))
+    shape = read_shape(str(tmp_path))
+    assert shape.params == shipped_shape("Qwen/Qwen2.5-0.5B-Instruct").params
