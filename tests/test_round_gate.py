@@ -142,6 +142,9 @@ def test_a_failed_data_gate_stops_the_round_before_any_model_runs(template_proje
     failed_round = next((project / "data" / "rounds").glob("r0001*"))
     summary = summary_of(project, failed_round.name)
     assert summary["outcome"]["stage"] == "data gate" and summary["stages"][0]["status"] == "refused"
+    again = run(project)  # a failed gate is never a round to reuse: the rerun gates again and refuses again
+    assert again.exit_code == 1 and "failed: data gate" in again.output
+    assert [p.name for p in (project / "data" / "rounds").iterdir() if not p.name.startswith(".")] == [failed_round.name]
 
 
 def test_a_merge_whose_reload_gate_fails_is_not_exported_or_served(template_project, tmp_path, monkeypatch):
