@@ -157,7 +157,7 @@ def test_a_broken_sharegpt_array_quarantines_each_remaining_row_not_its_messages
 @pytest.mark.parametrize(("text", "expected"), [
     ('[{"instruction": "a", "output": "1"}, {"instruction": "b", "output": "2"},', ["a", "b", "cut off"]),
     ('[{"instruction": "a", "output": "1"}]\n{"instruction": "b", "output": "2"}\n', ["a", "after the JSON array"]),
-    ('[{"instruction": "a", "output": "1"}\n{"instruction": "b", "output": "2"}]', ["a", "expected ',' or ']'"]),
+    ('[{"instruction": "a", "output": "1"}\n{"instruction": "b", "output": "2"}]', ["expected ',' or ']'", "after the break"]),
     ('[{"instruction": "a", "output": "1"},]', ["a"]),
     ('{"version": 2, "data": [\n{"instruction": "a", "output": "1"},\n{"instruction": "b", "output": "2"}\n]}', ["a", "b"]),
     ('{\n  "instruction": "a",\n  "output": "1"\n}\n', ["a"]),

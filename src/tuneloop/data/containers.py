@@ -1,4 +1,4 @@
-"""Rows in and out of files: JSONL, JSON arrays, CSV and Parquet, each row with its 1-based line (or row) number.
+"""Rows from files: JSONL, JSON arrays, CSV and Parquet, each row with its 1-based line (or row) number.
 
 Reading never raises on a bad row: it yields a `QuarantinedRow` naming the file, the line and why, and goes on.
 A UTF-8 BOM and CRLF line ends are tolerated, UTF-16/32 files with a BOM are read as such; invalid UTF-8
@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.data.conversation import type_name
-from tuneloop.data.recovery import csv_pieces, damaged_row_group, json_pieces, skip_space
-from tuneloop.files import atomic_open
+from tuneloop.data.recovery import at_row_indent, csv_pieces, damaged_row_group, json_pieces, skip_space
 from tuneloop.records import QuarantinedRow
 
 CONTAINERS = ("jsonl", "json", "csv", "parquet")
@@ -217,11 +216,39 @@ def _document_rows(path: Path, stage: str, text: str, start: int) -> Iterator[Ra
 
 def _array_rows(path: Path, stage: str, text: str, start: int,
                 nested: bool = False) -> Iterator[RawRow | QuarantinedRow]:
-    """The elements of the JSON array whose `[` is at `start`; past a break, `recovery.json_pieces` finds the rest."""
+    """The elements of the JSON array whose `[` is at `start`; past a break, `recovery.json_pieces` finds the rest.
+
+    A row is given out only once what follows it is sound: a damaged row can parse as a shorter object (a lost
+    backslash ends a string early), so a row followed by no ',' or ']', or, when the next row does not parse, a row
+    missing a key every earlier row has or a next row that does not begin at the rows' indent, is taken into the
+    broken piece instead of being read as a row.
+    """
     decoder = _Decoder()
     lines = _Lines(text)
     starts: list[int] = []
     keys: set[str] = set()
+    common: set[str] | None = None  # keys every row before the pending one has
+    pending: tuple[int, int, Any, list[str]] | None = None  # (start, end, value, keys held twice) of the last row
+
+    def give(row: tuple[int, int, Any, list[str]]) -> RawRow | QuarantinedRow:
+        begin, end, value, twice = row
+        if BAD_BYTES.search(text, begin, end):
+            return _bad(path, lines.at(begin), stage, f"invalid UTF-8 in this row; {FIX_UTF8}", _printable(text[begin:end]))
+        return _object_or_bad(path, lines.at(begin), stage, value, twice)
+
+    def broken(at: int, reason: str) -> Iterator[RawRow | QuarantinedRow]:
+        if pending is not None and at != pending[0]:
+            yield give(pending)
+        yield from _pieces(path, stage, text, json_pieces(text, at, reason, starts[:-1] if pending and at == pending[0]
+                                                          else starts, keys), lines)
+
+    def sound(at: int) -> bool:
+        """Whether the pending row stands, given a break at `at` right after it."""
+        if pending is None or at >= len(text):
+            return True
+        shown = set(pending[2]) if isinstance(pending[2], dict) else set()
+        return at_row_indent(text, at, starts) and not (common and not common <= shown)
+
     position = skip_space(text, start + 1)
     while not text.startswith("]", position):
         try:
@@ -230,25 +257,29 @@ def _array_rows(path: Path, stage: str, text: str, start: int,
         except json.JSONDecodeError as err:
             reason = (f"the JSON array breaks at line {err.lineno} column {err.colno} ({err.msg})" if position < len(text)
                       else "the file ends inside the JSON array (no closing ']'; it may be cut off)")
-            yield from _pieces(path, stage, text, json_pieces(text, position, reason, starts, keys), lines)
+            yield from broken(position if sound(position) else pending[0], reason)
             return
-        element_line = lines.at(position)
+        after = skip_space(text, end)
+        if after < len(text) and text[after] not in ",]":
+            reason = f"the JSON array breaks at line {lines.at(after)}: expected ',' or ']' after a row"
+            yield from broken(position if sound(position) else pending[0], reason)
+            return
+        if pending is not None:
+            yield give(pending)
+            shown = set(pending[2]) if isinstance(pending[2], dict) else set()
+            common = shown if common is None else common & shown
+        pending = (position, end, value, list(decoder.twice))
         starts.append(position)
         if isinstance(value, dict):
             keys.update(value)
-        if BAD_BYTES.search(text, position, end):
-            yield _bad(path, element_line, stage, f"invalid UTF-8 in this row; {FIX_UTF8}", _printable(text[position:end]))
-        else:
-            yield _object_or_bad(path, element_line, stage, value, decoder.twice)
-        position = skip_space(text, end)
+        position = after
         if text.startswith(",", position):
             position = skip_space(text, position + 1)  # a trailing comma before ']' loses nothing: tolerated
-        elif not text.startswith("]", position):
-            at = lines.at(position)
-            reason = (f"the JSON array breaks at line {at}: expected ',' or ']' after a row" if position < len(text)
-                      else "the file ends inside the JSON array (no closing ']'; it may be cut off)")
-            yield from _pieces(path, stage, text, json_pieces(text, position, reason, starts, keys), lines)
+        elif position >= len(text):
+            yield from broken(position, "the file ends inside the JSON array (no closing ']'; it may be cut off)")
             return
+    if pending is not None:
+        yield give(pending)
     rest = skip_space(text, position + 1)
     if not nested and rest < len(text):
         reason = f"text after the JSON array's closing ']' at line {lines.at(position)}"
@@ -334,54 +365,3 @@ def _parquet_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
         else:
             yield from (RawRow(first + offset, row) for offset, row in enumerate(rows))
         first += count
-
-
-def write_rows(path: str | Path, rows: Iterable[dict[str, Any]], container: str | None = None) -> Path:
-    """Rows to a file, atomically: JSONL, a JSON array (one row per line), CSV (structured cells as JSON) or Parquet."""
-    path = Path(path)
-    container = container or {".csv": "csv", ".parquet": "parquet", ".json": "json"}.get(path.suffix.lower(), "jsonl")
-    rows = list(rows)
-    if container == "parquet":
-        _write_parquet(path, rows)
-    elif container == "csv":
-        _write_csv(path, rows)
-    else:
-        lines = (json.dumps(row, ensure_ascii=False) for row in rows)
-        with atomic_open(path) as handle:
-            if container == "json":
-                handle.write("[\n" + ",\n".join(lines) + "\n]\n" if rows else "[]\n")
-            else:
-                handle.writelines(line + "\n" for line in lines)
-    return path
-
-
-def _column_names(rows: list[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(key for row in rows for key in row))
-
-
-def _cell_text(value: Any) -> str:
-    return "" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    names = _column_names(rows)
-    with atomic_open(path) as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(names)
-        for row in rows:
-            writer.writerow([_cell_text(row.get(name)) for name in names])
-
-
-def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns = {}
-    for name in _column_names(rows):
-        values = [row.get(name) for row in rows]
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # mixed types: keep each value as JSON text
-            columns[name] = pa.array([None if v is None else _cell_text(v) for v in values], pa.string())
-    with atomic_open(path, "wb") as handle:
-        pq.write_table(pa.table(columns), handle)

@@ -7,11 +7,13 @@ Core contract every stage relies on:
 - `write_quarantine(path, rows)` writes quarantined rows as JSONL atomically.
 - `read_file(path, format, columns, tags, ranking, source)` reads Alpaca (JSON array or JSONL), ShareGPT, OpenAI
   messages, CSV and Parquet with column mapping; `write_file(path, samples, shape)` writes them back.
-  Row shapes live in `shapes` / `openai_chat`, file kinds in `containers`, LLaMA-Factory entries in `llamafactory`.
+  Row shapes live in `shapes` / `openai_chat`, reading file kinds in `containers` (and what a damaged file still
+  gives in `recovery`), LLaMA-Factory entries in `llamafactory`; `write_rows` writes each file kind.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -20,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuneloop.data.containers import RawRow, container_of, iter_rows, write_rows
+from tuneloop.data.containers import RawRow, container_of, iter_rows
 from tuneloop.data.conversation import RowError
 from tuneloop.data.openai_chat import openai_to_sample, sample_to_openai
 from tuneloop.data.shapes import (
@@ -193,3 +195,54 @@ def write_quarantine(path: str | Path, rows: Iterable[QuarantinedRow]) -> Path:
         for row in rows:
             handle.write(json.dumps(row.model_dump(mode="json"), ensure_ascii=False, default=str) + "\n")
     return Path(path)
+
+
+def write_rows(path: str | Path, rows: Iterable[dict[str, Any]], container: str | None = None) -> Path:
+    """Rows to a file, atomically: JSONL, a JSON array (one row per line), CSV (structured cells as JSON) or Parquet."""
+    path = Path(path)
+    container = container or {".csv": "csv", ".parquet": "parquet", ".json": "json"}.get(path.suffix.lower(), "jsonl")
+    rows = list(rows)
+    if container == "parquet":
+        _write_parquet(path, rows)
+    elif container == "csv":
+        _write_csv(path, rows)
+    else:
+        lines = (json.dumps(row, ensure_ascii=False) for row in rows)
+        with atomic_open(path) as handle:
+            if container == "json":
+                handle.write("[\n" + ",\n".join(lines) + "\n]\n" if rows else "[]\n")
+            else:
+                handle.writelines(line + "\n" for line in lines)
+    return path
+
+
+def _column_names(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def _cell_text(value: Any) -> str:
+    return "" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    names = _column_names(rows)
+    with atomic_open(path) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(names)
+        for row in rows:
+            writer.writerow([_cell_text(row.get(name)) for name in names])
+
+
+def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {}
+    for name in _column_names(rows):
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # mixed types: keep each value as JSON text
+            columns[name] = pa.array([None if v is None else _cell_text(v) for v in values], pa.string())
+    with atomic_open(path, "wb") as handle:
+        pq.write_table(pa.table(columns), handle)

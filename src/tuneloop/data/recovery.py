@@ -36,6 +36,17 @@ def _indent_of(text: str, at: int) -> str | None:
     return before if line_start > 0 and not before.strip() else None
 
 
+def at_row_indent(text: str, at: int, starts: list[int]) -> bool:
+    """Whether `at` is where a row could begin: where the rows each began a line (`starts`), at their indent.
+
+    >>> text = '[\\n  {"q": "a"},\\n  {"q": "b", {"q": "c"}\\n]'
+    >>> at_row_indent(text, text.index('{"q": "b"'), [4]), at_row_indent(text, text.index('{"q": "c"'), [4])
+    (True, False)
+    """
+    indents = {_indent_of(text, start) for start in starts}
+    return not (len(indents) == 1 and None not in indents) or _indent_of(text, at) == indents.pop()
+
+
 def element_starts(text: str, broken: int, starts: list[int], keys: set[str]) -> list[int]:
     """Where the elements after a break at `broken` begin, found by the layout of the elements read before it.
 
@@ -57,12 +68,13 @@ def element_starts(text: str, broken: int, starts: list[int], keys: set[str]) ->
         while before >= 0 and text[before] in " \t\r\n":
             before -= 1
         value, end = None, at + 1
-        if before >= 0 and text[before] in ",[":
+        if before >= 0 and text[before] in ",[}":  # after '}' too: a comma left out
             try:
                 value, end = decoder.raw_decode(text, at)
             except json.JSONDecodeError:
                 pass
-        if isinstance(value, dict) and text[skip_space(text, end):][:1] in (",", "]", "") and (not keys or keys & set(value)):
+        after = skip_space(text, end)
+        if isinstance(value, dict) and text[after:after + 1] in (",", "]", "") and (not keys or keys & set(value)):
             found.append(at)
             at = end
         else:
