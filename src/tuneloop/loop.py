@@ -141,7 +141,8 @@ class Round:
             return None
         from tuneloop.loop_summary import summarize, summary_html
 
-        self.summary = summarize(self, outcome)
+        self.summary = summarize(self.project, outcome, self.records, self.round_dir, self.run_dir, self.baseline_dir,
+                                 self.candidate_dir, self.compared, self.merged, self.served)
         loop_dir = self.project.root / "loop" / self.round_dir.name
         write_json(loop_dir / "summary.json", self.summary)
         return write_text(loop_dir / "summary.html", summary_html(self.summary))

@@ -7,47 +7,50 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tuneloop import html
 from tuneloop.files import read_json
-
-if TYPE_CHECKING:
-    from tuneloop.loop import Round
+from tuneloop.project import Project
 
 HEADLINE_METRICS = ("json_valid", "schema_valid", "field_accuracy", "exact_match", "refusal_ok")
 
 
-def summarize(round_: Round, outcome: dict[str, Any]) -> dict[str, Any]:
-    """The round as JSON-ready data; parts a stopped round never reached are None or empty."""
-    assert round_.round_dir is not None
-    before, after = _eval_summary(round_.baseline_dir), _eval_summary(round_.candidate_dir)
+def summarize(project: Project, outcome: dict[str, Any], stages: list[Any], round_dir: Path,
+              run_dir: Path | None = None, baseline_dir: Path | None = None, candidate_dir: Path | None = None,
+              compared: dict[str, Any] | None = None, merged: dict[str, Any] | None = None,
+              served: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The round as JSON-ready data; parts a stopped round never reached are None or empty.
+
+    `stages` are the loop's stage records (name, status, seconds, outputs), in the order they ran.
+    """
+    compared, merged, served = compared or {}, merged or {}, served or {}
+    before, after = _eval_summary(baseline_dir), _eval_summary(candidate_dir)
     headline = {name: {"before": _metric(before, name), "after": _metric(after, name)} for name in HEADLINE_METRICS}
-    compared, merged = round_.compared, round_.merged
-    verdict = compared.get("verdict") or _verdict_from_folder(compared.get("compare_dir"), round_)
-    reports = {"data gate": round_.round_dir / "report.html"}
-    if round_.run_dir:
-        reports["run card"] = round_.run_dir / "run_card.html"
+    verdict = compared.get("verdict") or _verdict_from_folder(compared.get("compare_dir"), project)
+    reports = {"data gate": round_dir / "report.html"}
+    if run_dir:
+        reports["run card"] = run_dir / "run_card.html"
     if before:
-        reports["baseline eval"] = Path(round_.baseline_dir or "") / "report.html"
+        reports["baseline eval"] = Path(baseline_dir or "") / "report.html"
     if after:
-        reports["eval after"] = Path(round_.candidate_dir or "") / "report.html"
+        reports["eval after"] = Path(candidate_dir or "") / "report.html"
     if compared.get("compare_dir"):
         reports["comparison"] = Path(compared["compare_dir"]) / "report.html"
     if merged.get("export_dir"):
         reports["export"] = Path(merged["export_dir"]) / "manifest.json"
     return {
-        "project": str(round_.project.root),
-        "round": round_.round_dir.name,
+        "project": str(project.root),
+        "round": round_dir.name,
         "outcome": outcome,
         "headline": headline,
         "verdict": verdict,
         "improved": bool(verdict) and verdict["verdict"] == "improved",
         "eval_gate": {"passed": compared.get("passed"), "reasons": compared.get("reasons", [])},
         "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), **_links(r.outputs)}
-                   for r in round_.records],
+                   for r in stages],
         "merge": merged.get("report", {}),
-        "serve": round_.served,
+        "serve": served,
         "reports": {name: str(path) for name, path in reports.items() if path.exists()},
     }
 
@@ -57,14 +60,14 @@ def _eval_summary(folder: Path | None) -> dict[str, Any]:
     return read_json(path) if path and path.exists() else {}
 
 
-def _verdict_from_folder(compare_dir: str | None, round_: Round) -> dict[str, Any] | None:
+def _verdict_from_folder(compare_dir: str | None, project: Project) -> dict[str, Any] | None:
     """A comparison cached by an older tuneloop carries no verdict: draw it from its comparison.json."""
     path = Path(compare_dir) / "comparison.json" if compare_dir else None
     if not path or not path.exists():
         return None
     from tuneloop.eval.compare import round_verdict
 
-    gate = round_.project.config.eval.gate
+    gate = project.config.eval.gate
     return round_verdict(read_json(path), gate.mode, gate.alpha)
 
 
