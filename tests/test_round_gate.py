@@ -211,3 +211,20 @@ def test_a_stage_that_breaks_stops_the_round_with_exit_2_and_a_summary(template_
                                                                                   "seconds": summary["stages"][-1]["seconds"]}
     state = json.loads((project / "loop" / "r0001" / "state.json").read_text())["stages"]
     assert "train" not in state and "baseline eval" in state
+
+
+def test_a_defect_inside_a_stage_keeps_its_traceback_and_still_writes_the_summary(template_project, tmp_path,
+                                                                                  monkeypatch):
+    import tuneloop.train.sft as sft
+
+    project = project_copy(template_project, tmp_path)
+
+    def broken(*args, **kwargs):
+        return {}["adapter_dir"]  # a bug, not an error a user can act on
+
+    monkeypatch.setattr(sft, "train_sft", broken)
+    result = run(project)
+    assert result.exit_code == 70, result.output + repr(result.exception)
+    assert "Traceback" in result.output and "tuneloop bug: KeyError" in result.output
+    summary = summary_of(project)
+    assert summary["outcome"] == {"status": "failed", "reasons": ["KeyError: 'adapter_dir'"], "advice": None}

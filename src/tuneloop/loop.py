@@ -105,10 +105,10 @@ def run_round(project: Project, options: LoopOptions | None = None,
     round_ = Round(project)
     try:
         _run_stages(round_, options, say)
-    except LoopError as err:
+    except Exception as err:
         refused = err if isinstance(err, RoundRefused) else None
         outcome = ({"status": "refused", "stage": refused.stage, "reasons": refused.reasons, "advice": refused.advice}
-                   if refused else {"status": "failed", "reasons": [str(err)], "advice": None})
+                   if refused else {"status": "failed", "reasons": [f"{type(err).__name__}: {err}"], "advice": None})
         try:
             summary_file = round_.write_summary(outcome)
         except Exception as summary_error:  # the stage's own error is the one to report
@@ -172,6 +172,8 @@ def _run_stages(round_: Round, options: LoopOptions, say: Callable[[str], None])
             raise
         except Exception as err:
             records.append(StageRecord(name, key, "failed", time.time() - started, {"error": str(err)}))
+            if not _explains_itself(err):
+                raise  # a defect keeps its own type and traceback: the CLI prints it and asks for a report
             raise LoopError(f"stage '{name}' failed: {err}") from err
         record = StageRecord(name, key, "done", time.time() - started, outputs)
         state.save(record)
@@ -294,6 +296,12 @@ def _run_stages(round_: Round, options: LoopOptions, say: Callable[[str], None])
     if options.serve:
         round_.served = stage("serve smoke", files_key(export_dir, settings=[system, schema]), state,
                               lambda: _serve_smoke(project, export_dir, round_dir, schema, system))
+
+
+def _explains_itself(err: Exception) -> bool:
+    """tuneloop's own errors say what to do, and an OSError names its file or host: those become one-line stage
+    failures. Anything else is a defect, shown with its traceback (the CLI's rule for every command)."""
+    return type(err).__module__.split(".")[0] == "tuneloop" or isinstance(err, OSError)
 
 
 def _quiet_library_progress() -> None:
