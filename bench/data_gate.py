@@ -22,8 +22,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tuneloop.data.dedup import dedup
-from tuneloop.data.leakage import find_leaks
+from tuneloop.data.gate.dedup import dedup
+from tuneloop.data.gate.leakage import find_leaks
 from tuneloop.project import DedupConfig, LeakageConfig
 from tuneloop.records import Sample
 

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from stdnum import luhn
 from stdnum.iso7064 import mod_11_2
 
-from tuneloop.data.pii import Redactor
-from tuneloop.data.pii_ids import PROVINCES
+from tuneloop.data.gate.pii import Redactor
+from tuneloop.data.gate.pii_ids import PROVINCES
 
 Maker = Callable[[random.Random], str]
 

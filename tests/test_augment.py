@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.augment import augment_samples, make_variant, parse_per_seed, rule_context
-from tuneloop.data.augment_llm import Rewrites
-from tuneloop.data.augment_rules import RULES, Edit, RuleContext, entity_swap, punctuation_width, typo
-from tuneloop.data.contract import contract_violations
-from tuneloop.data.formats import load_samples, write_samples
+from tuneloop.data.create.augment import augment_samples, make_variant, parse_per_seed, rule_context
+from tuneloop.data.create.llm import Rewrites
+from tuneloop.data.create.rules import RULES, Edit, RuleContext, entity_swap, punctuation_width, typo
+from tuneloop.data.create.contract import contract_violations
+from tuneloop.data.io.formats import load_samples, write_samples
 from tuneloop.records import Sample
 
 ANSWER = {"intent": "refund", "product": "wireless earbuds", "order_id": "K482913", "urgency": "high", "refund_amount": 35.5}

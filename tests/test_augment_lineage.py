@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.augment import augment_samples
-from tuneloop.data.formats import load_samples, write_samples
-from tuneloop.data.split import split_samples
+from tuneloop.data.create.augment import augment_samples
+from tuneloop.data.io.formats import load_samples, write_samples
+from tuneloop.data.gate.split import split_samples
 from tuneloop.examples.json_extraction import schema_text
 from tuneloop.examples.json_extraction.demo import build_seed_set, demo_config
 from tuneloop.examples.json_extraction.templates import ENTITY_POOLS
@@ -32,7 +32,7 @@ def test_split_keeps_every_seed_with_its_variants():
 
 
 def test_variants_of_one_seed_land_on_one_side_of_the_gate_split(tmp_path, monkeypatch):
-    gate = pytest.importorskip("tuneloop.data.gate", reason="the data gate is not in this tree yet")
+    gate = pytest.importorskip("tuneloop.data.gate.round", reason="the data gate is not in this tree yet")
     seeds = build_seed_set(size=240, seed=5).seeds
     write_samples(tmp_path / "data" / "raw" / "seed.jsonl", seeds)
     config = demo_config()

@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app as cli
-from tuneloop.data.augment import augment_samples
-from tuneloop.data.augment_llm import parse_rewrites, request_rewrites
-from tuneloop.data.formats import load_samples, write_samples
+from tuneloop.data.create.augment import augment_samples
+from tuneloop.data.create.llm import parse_rewrites, request_rewrites
+from tuneloop.data.io.formats import load_samples, write_samples
 from tuneloop.llm_client import LLMClient, LLMError, request_key
 from tuneloop.records import Sample
 

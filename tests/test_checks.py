@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tuneloop.data.checks import approximate_tokens, check_sources, sample_problems, schema_validator
+from tuneloop.data.gate.checks import approximate_tokens, check_sources, sample_problems, schema_validator
 from tuneloop.records import Sample
 
 SCHEMA = {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]}
@@ -73,7 +73,7 @@ def test_approximate_tokens_count_chinese_characters_and_words():
 def test_token_counts_come_from_the_projects_tokenizer_when_one_is_given(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from tuneloop.data.checks import tokenizer_counter
+    from tuneloop.data.gate.checks import tokenizer_counter
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     count = tokenizer_counter(tokenizer)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tuneloop.data.formats import write_samples
+from tuneloop.data.io.formats import write_samples
 from tuneloop.files import tree_digest, write_json
 from tuneloop.project import TrainConfig
 from tuneloop.records import Sample

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneloop.data.dedup import dedup, lsh_bands
+from tuneloop.data.gate.dedup import dedup, lsh_bands
 from tuneloop.project import DedupConfig
 from tuneloop.records import Sample
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.formats import load_samples, write_samples
-from tuneloop.data.gate import COUNT_IDENTITY, run_gate_on
+from tuneloop.data.io.formats import load_samples, write_samples
+from tuneloop.data.gate.round import COUNT_IDENTITY, run_gate_on
 from tuneloop.project import DataConfig
 from tuneloop.records import Sample
 from tests.test_dedup_labels import FRAMES, templated_rows

@@ -9,7 +9,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneloop.data.dedup import answer_keys, dedup
+from tuneloop.data.gate.dedup import answer_keys, dedup
 from tuneloop.project import DedupConfig
 from tuneloop.records import Sample
 

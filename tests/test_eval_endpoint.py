@@ -162,7 +162,7 @@ def test_pairwise_judging_uses_both_orders_and_counts_disagreement_as_a_tie():
 
 
 def test_run_eval_through_the_embedded_server_constrained_and_not(tiny_model_dir, tmp_path):
-    from tuneloop.data.formats import write_samples
+    from tuneloop.data.io.formats import write_samples
     from tuneloop.eval.runner import run_eval
     from tuneloop.project import EvalConfig
     from tuneloop.serve.server import serve_in_background

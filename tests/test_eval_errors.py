@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app as cli
-from tuneloop.data.formats import write_samples
+from tuneloop.data.io.formats import write_samples
 from tuneloop.eval.gate import gate_eval
 from tuneloop.eval.runner import run_eval
 from tuneloop.llm_client import EndpointConfigError
@@ -272,7 +272,7 @@ def test_a_killed_endpoint_eval_resumes_where_it_stopped(tmp_path):
 
 
 def test_augment_shows_progress_asks_a_derived_max_tokens_and_resumes_from_its_cache(script, tmp_path, monkeypatch):
-    from tuneloop.data.augment_llm import rewrite_budget
+    from tuneloop.data.create.llm import rewrite_budget
     from tuneloop.llm_client import LLMClient
 
     seeds = [Sample(id=f"a{i}", input=f"Cancel order P{i} please.", output={"order": f"P{i}"}) for i in range(4)]

@@ -9,7 +9,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
-from tuneloop.data.formats import load_samples, write_samples
+from tuneloop.data.io.formats import load_samples, write_samples
 from tuneloop.eval.backends import LocalBackend, cut_at_eos, length_sorted_batches, schema_constraint
 from tuneloop.eval.compare import compare_evals
 from tuneloop.eval.gate import gate_eval

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tuneloop.data.formats import read_file, read_samples, write_file, write_samples
-from tuneloop.data.shapes import Columns, Tags
+from tuneloop.data.io.formats import read_file, read_samples, write_file, write_samples
+from tuneloop.data.io.shapes import Columns, Tags
 from tuneloop.records import Sample
 
 TOOL_CHAT = Sample(
@@ -229,7 +229,7 @@ def test_read_samples_detects_the_format_of_foreign_files(tmp_path):
 def test_a_hub_data_set_records_license_and_fields_in_each_rows_source(monkeypatch):
     import datasets
 
-    from tuneloop.data import hub
+    from tuneloop.data.io import hub
 
     rows = [{"question": "2+2?", "answer": "4"}, {"question": "no answer", "answer": None}]
     monkeypatch.setattr(hub, "hub_reachable", lambda: True)  # the loader itself runs for real on a local data set

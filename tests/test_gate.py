@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.formats import load_samples, write_samples
-from tuneloop.data.gate import run_gate, run_gate_on
-from tuneloop.data.pii import find_pii
+from tuneloop.data.io.formats import load_samples, write_samples
+from tuneloop.data.gate.round import run_gate, run_gate_on
+from tuneloop.data.gate.pii import find_pii
 from tuneloop.files import file_digest, read_json
 from tuneloop.project import DataConfig, Project, ProjectConfig, SourceConfig
 from tuneloop.records import Sample
@@ -165,7 +165,7 @@ def test_fuzz_ten_thousand_rows_every_row_is_accounted_for(tmp_path):
 
 KILL_SCRIPT = """
 import sys
-from tuneloop.data.gate import run_gate_on
+from tuneloop.data.gate.round import run_gate_on
 from tuneloop.project import DataConfig
 config = DataConfig()
 config.leakage.allow = True

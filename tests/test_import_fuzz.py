@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import tuneloop.cli.data_io  # noqa: F401  (registers the data commands)
 from tuneloop.cli.apps import data_app
-from tuneloop.data.formats import read_file
+from tuneloop.data.io.formats import read_file
 
 ROWS = 10_000
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.formats import load_samples
-from tuneloop.data.sop import load_sop
+from tuneloop.data.io.formats import load_samples
+from tuneloop.annotate.sop import load_sop
 from tuneloop.examples.json_extraction import INSTRUCTION, KEYS, REFUSAL, is_refusal
 from tuneloop.examples.json_extraction.demo import MIX, quotas
 from tuneloop.project import Project

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from tuneloop.data.leakage import find_leaks
+from tuneloop.data.gate.leakage import find_leaks
 from tuneloop.project import LeakageConfig
 from tuneloop.records import Sample
 
@@ -92,7 +92,7 @@ def test_identical_short_json_answers_to_different_prompts_are_labels_not_leaks_
 
 
 def test_overlap_pairs_name_every_pair_that_would_leak_if_split_apart():
-    from tuneloop.data.leakage import overlap_pairs
+    from tuneloop.data.gate.leakage import overlap_pairs
 
     rng = random.Random(12)
     rows = clean(100, "c", 5)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 import tuneloop.cli.data_io  # noqa: F401  (registers the data commands)
 from tuneloop.cli.apps import data_app
-from tuneloop.data.formats import read_samples
-from tuneloop.data.llamafactory import export_llamafactory, import_folder, read_dataset_info, read_entry
+from tuneloop.data.io.formats import read_samples
+from tuneloop.data.io.llamafactory import export_llamafactory, import_folder, read_dataset_info, read_entry
 from tuneloop.files import file_digest
 
 COUNTS = {"alpaca_en_demo": 999, "alpaca_zh_demo": 1000, "identity": 91, "dpo_en_demo": 300, "dpo_zh_demo": 300,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneloop.data.mix import deficits, keep_counts, mix, pair_negatives
+from tuneloop.data.gate.mix import deficits, keep_counts, mix, pair_negatives
 from tuneloop.records import Sample
 
 TARGET = {"golden": 0.4, "negative": 0.2, "boundary": 0.3, "generic": 0.1}
@@ -74,7 +74,7 @@ def test_the_mix_command_writes_every_row_it_leaves_out_whole_beside_its_output(
     from typer.testing import CliRunner
 
     from tuneloop.cli.main import app
-    from tuneloop.data.formats import load_samples, write_samples
+    from tuneloop.data.io.formats import load_samples, write_samples
 
     monkeypatch.chdir(tmp_path)
     rows = typed({"golden": 30, "negative": 4, "boundary": 6, "generic": 2})

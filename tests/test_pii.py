@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneloop.data.pii import Redactor, fake_value, find_pii, redact_samples
+from tuneloop.data.gate.pii import Redactor, fake_value, find_pii, redact_samples
 from tuneloop.records import Sample
 
 PLANTED = {

@@ -8,7 +8,7 @@ import pytest
 from stdnum import luhn
 from stdnum.iso7064 import mod_11_2
 
-from tuneloop.data.pii import Redactor, fake_value, find_pii, redact_samples, scan_value
+from tuneloop.data.gate.pii import Redactor, fake_value, find_pii, redact_samples, scan_value
 from tuneloop.records import Sample
 
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from stdnum import luhn
 from stdnum.iso7064 import mod_11_2
 
-from tuneloop.data.pii import Redactor, find_pii
-from tuneloop.data.pii_ids import PROVINCES, id_shaped, valid_prc_id
+from tuneloop.data.gate.pii import Redactor, find_pii
+from tuneloop.data.gate.pii_ids import PROVINCES, id_shaped, valid_prc_id
 
 EXAMPLES = settings(max_examples=300, deadline=None)
 

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tuneloop.data.formats import sample_to_dict
+from tuneloop.data.io.formats import sample_to_dict
 from tuneloop.records import Sample, to_messages
 
 text = st.text(max_size=40)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import tuneloop.cli.data_io  # noqa: F401  (registers the data commands)
 from tuneloop.cli.apps import data_app
-from tuneloop.data.registry import DataChanged, register, require_unchanged, verify_manifest
+from tuneloop.data.io.registry import DataChanged, register, require_unchanged, verify_manifest
 from tuneloop.files import file_digest
 
 

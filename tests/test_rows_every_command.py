@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.formats import write_file
+from tuneloop.data.io.formats import write_file
 from tuneloop.files import read_json
 from tuneloop.records import Sample
 
@@ -124,7 +124,7 @@ def damaged_parquet(folder: Path) -> tuple[Path, int]:
 
 
 def llamafactory_folder(folder: Path) -> tuple[Path, int]:
-    from tuneloop.data.llamafactory import export_llamafactory
+    from tuneloop.data.io.llamafactory import export_llamafactory
 
     export_llamafactory(good_samples(), folder / "lf", "items")
     return folder / "lf", 12
@@ -199,7 +199,7 @@ def test_every_command_accounts_for_every_row_of_every_shape(tmp_path, shape, co
 
 
 def check_identity(tmp_path: Path, command: str, result, rows_in: int, out: Path) -> None:
-    from tuneloop.data.formats import read_samples
+    from tuneloop.data.io.formats import read_samples
 
     if command == "gate":
         assert result.exit_code in (0, 1), result.output

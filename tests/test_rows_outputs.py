@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.formats import read_samples, write_samples
+from tuneloop.data.io.formats import read_samples, write_samples
 from tuneloop.records import Sample
 
-SPEC = ("from tuneloop.data.synth import Generator, SynthSpec, Template, Verifier, grounded, pool\n"
+SPEC = ("from tuneloop.data.create.synth import Generator, SynthSpec, Template, Verifier, grounded, pool\n"
         "good = Template('My {product} broke.', {'product': '{product}'}, name='good')\n"
         "SPEC = SynthSpec(Generator([good], {'product': pool(['kettle', 'lamp', 'mug'])}), Verifier(rules=[grounded('product')]))\n")
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.formats import write_samples
-from tuneloop.data.sop import load_sop, pick_examples, render_sop
+from tuneloop.data.io.formats import write_samples
+from tuneloop.annotate.sop import load_sop, pick_examples, render_sop
 from tuneloop.examples.json_extraction import INSTRUCTION, REFUSAL, schema
 from tuneloop.project import Project, ProjectConfig, ProjectError, dump_config
 from tuneloop.records import Lineage, Sample

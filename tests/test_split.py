@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneloop.data.split import FrozenSplits, split_samples
+from tuneloop.data.gate.split import FrozenSplits, split_samples
 from tuneloop.project import SplitConfig
 from tuneloop.records import Sample
 
@@ -87,7 +87,7 @@ def test_relabeling_never_moves_a_frozen_item_into_train_matched_by_id_and_by_so
 
 
 def test_frozen_items_missing_from_the_sources_are_carried_over(tmp_path):
-    from tuneloop.data.formats import write_samples
+    from tuneloop.data.io.formats import write_samples
 
     first = split_samples(rows(30))
     write_samples(tmp_path / "val.jsonl", first.val)

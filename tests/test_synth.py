@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.data.corner_cases import KINDS, LONG_INPUT_CHARS, CornerCasePack
-from tuneloop.data.formats import load_samples
-from tuneloop.data.synth import Choice, Generator, SynthSpec, Template, Verifier, enum, grounded, keep_verified, pool
+from tuneloop.data.create.corner_cases import KINDS, LONG_INPUT_CHARS, CornerCasePack
+from tuneloop.data.io.formats import load_samples
+from tuneloop.data.create.synth import Choice, Generator, SynthSpec, Template, Verifier, enum, grounded, keep_verified, pool
 from tuneloop.examples.json_extraction import REFUSAL, is_refusal, synth_spec
 
 SCHEMA = {
@@ -118,7 +118,7 @@ def test_a_corner_pack_without_usable_templates_says_what_it_needs():
 
 def test_synth_command_keeps_verified_rows_and_reports_failures(tmp_path, monkeypatch):
     (tmp_path / "gen.py").write_text(
-        "from tuneloop.data.synth import Generator, SynthSpec, Template, Verifier, grounded, pool\n"
+        "from tuneloop.data.create.synth import Generator, SynthSpec, Template, Verifier, grounded, pool\n"
         "good = Template('My {product} broke.', {'product': '{product}'}, name='good')\n"
         "bad = Template('It broke.', {'product': 'lamp'}, name='bad')\n"
         "SPEC = SynthSpec(Generator([good, bad], {'product': pool(['kettle', 'lamp', 'mug'])}), Verifier(rules=[grounded('product')]))\n",

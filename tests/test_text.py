@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneloop.data.text import char_ngrams, cjk_mask, is_cjk, jaccard, ngram_set, ngram_table, normalize, normalize_many, word_ngrams
+from tuneloop.data.gate.text import char_ngrams, cjk_mask, is_cjk, jaccard, ngram_set, ngram_table, normalize, normalize_many, word_ngrams
 
 
 def test_full_width_case_and_whitespace_normalize_away():

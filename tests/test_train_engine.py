@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from tuneloop.data.formats import write_samples
+from tuneloop.data.io.formats import write_samples
 from tuneloop.project import TrainConfig
 from tuneloop.records import Sample
 from tuneloop.train.engine.batches import IGNORE, collate

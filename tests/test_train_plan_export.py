@@ -47,7 +47,7 @@ def test_plan_command_reads_only_the_config(tiny_model_dir, tmp_path):
 
 
 def test_llamafactory_export_carries_the_same_choices(tiny_model_dir, tmp_path):
-    from tuneloop.data.formats import write_samples
+    from tuneloop.data.io.formats import write_samples
     from tuneloop.project import TrainConfig
     from tuneloop.records import Sample
     from tuneloop.train.llamafactory import export_run

@@ -182,7 +182,7 @@ def _run_stages(round_: Round, options: LoopOptions, say: Callable[[str], None])
         return outputs
 
     # 1. gate: a new round only when the sources changed since the latest round
-    from tuneloop.data.gate import run_gate
+    from tuneloop.data.gate.round import run_gate
 
     sources = [project.path(s.path) for s in config.data.sources]
     gate_key = files_key(*sources, settings=config.data.model_dump(mode="json"))
@@ -339,7 +339,7 @@ def _serve_smoke(project: Project, export_dir: Path, round_dir: Path, schema: di
     import jsonschema
     from openai import APIStatusError, OpenAI
 
-    from tuneloop.data.formats import load_samples
+    from tuneloop.data.io.formats import load_samples
     from tuneloop.records import to_messages
     from tuneloop.serve.server import serve_in_background
 

@@ -1,7 +1,7 @@
 """The records every stage shares.
 
 A `Sample` is one Alpaca-style row with metadata and lineage. Every stage takes samples and returns samples;
-file formats are read and written only in `tuneloop.data.formats`.
+file formats are read and written only in `tuneloop.data.io.formats`.
 
 `output` is always a string: a JSON object or list given as output is serialized with
 `json.dumps(..., ensure_ascii=False)` so that a model is trained on exactly the text it must produce.

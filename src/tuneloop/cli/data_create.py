@@ -55,8 +55,8 @@ def sop_init(
 
     Example: tuneloop sop init --force
     """
-    from tuneloop.data.formats import read_samples
-    from tuneloop.data.sop import pick_examples, write_project_sop
+    from tuneloop.data.io.formats import read_samples
+    from tuneloop.annotate.sop import pick_examples, write_project_sop
 
     project = find_project()
     samples = []
@@ -86,8 +86,8 @@ def load_pools(pools: str | dict[str, list[str]] | None, base: Path) -> dict[str
 
 
 def llm_rewrites(config: AugmentConfig, base: Path, seeds: list[Any], per_seed: int) -> dict[str, Any]:
-    from tuneloop.data.augment import rule_context
-    from tuneloop.data.augment_llm import raise_failed, request_rewrites
+    from tuneloop.data.create.augment import rule_context
+    from tuneloop.data.create.llm import raise_failed, request_rewrites
     from tuneloop.llm_client import LLMClient
 
     llm = config.llm
@@ -118,8 +118,8 @@ def augment(
 
     Example: tuneloop data augment data/raw/seed.jsonl --out data/augmented/seed.variants.jsonl --per-seed 3..5
     """
-    from tuneloop.data.augment import augment_samples, output_paths, parse_per_seed, spot_check, write_augment_outputs
-    from tuneloop.data.formats import read_samples
+    from tuneloop.data.create.augment import augment_samples, output_paths, parse_per_seed, spot_check, write_augment_outputs
+    from tuneloop.data.io.formats import read_samples
 
     project = find_project(required=False)
     config = project.config.augment if project else AugmentConfig()
@@ -181,7 +181,7 @@ def load_spec(reference: str, base: Path) -> Any:
     path = Path(target) if Path(target).is_absolute() else base / target
     if target.endswith(".py"):
         if not path.exists():
-            raise UserError(f"{path}: no such spec file; write one defining {name} = SynthSpec(...) (see tuneloop.data.synth).")
+            raise UserError(f"{path}: no such spec file; write one defining {name} = SynthSpec(...) (see tuneloop.data.create.synth).")
         spec = importlib.util.spec_from_file_location(f"tuneloop_user_synth_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         try:
@@ -212,14 +212,14 @@ def synth(
 
     Example: tuneloop data synth --spec synth.py:SPEC --n 200 --out data/raw/synth.jsonl
     """
-    from tuneloop.data.formats import write_quarantine, write_samples
-    from tuneloop.data.synth import SynthSpec
+    from tuneloop.data.io.formats import write_quarantine, write_samples
+    from tuneloop.data.create.synth import SynthSpec
 
     project: Project | None = find_project(required=False)
     base = project.root if project else Path.cwd()
     declared = load_spec(spec, base)
     if not isinstance(declared, SynthSpec):
-        raise UserError(f"{spec}: expected a tuneloop.data.synth.SynthSpec, got {type(declared).__name__}.")
+        raise UserError(f"{spec}: expected a tuneloop.data.create.synth.SynthSpec, got {type(declared).__name__}.")
     target = out if out.is_absolute() else base / out
     quarantine = target.with_name(f"{target.name.removesuffix('.jsonl')}.quarantine.jsonl")
     guard_outputs([base / spec.partition(":")[0]], [target, quarantine], force)

@@ -48,7 +48,7 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:  # JSONL of pla
 def _read(files: list[Path], quarantine: Path | None) -> tuple[list[Any], int]:
     """Samples of the files and how many rows were unreadable; those go to `quarantine` (always written, so a
     stale one never lingers), or, where a command cannot leave rows out (`quarantine` None), stop it naming the first."""
-    from tuneloop.data.formats import read_samples, write_quarantine
+    from tuneloop.data.io.formats import read_samples, write_quarantine
 
     samples, bad = [], []
     for path in files:
@@ -86,9 +86,9 @@ def check_command(
 
     Example: tuneloop data check data/raw/seed.jsonl --schema schemas/ticket.json --out checked.jsonl
     """
-    from tuneloop.data.checks import approximate_tokens, check_sources
-    from tuneloop.data.formats import write_quarantine, write_samples
-    from tuneloop.data.gate import project_token_counter
+    from tuneloop.data.gate.checks import approximate_tokens, check_sources
+    from tuneloop.data.io.formats import write_quarantine, write_samples
+    from tuneloop.data.gate.round import project_token_counter
     from tuneloop.files import read_json
 
     project, config = _settings()
@@ -129,8 +129,8 @@ def dedup_command(
 
     Example: tuneloop data dedup data/raw/seed.jsonl --out deduped.jsonl --removed duplicates.jsonl
     """
-    from tuneloop.data.dedup import dedup
-    from tuneloop.data.formats import sample_to_dict, write_quarantine, write_samples
+    from tuneloop.data.gate.dedup import dedup
+    from tuneloop.data.io.formats import sample_to_dict, write_quarantine, write_samples
 
     _, config = _settings()
     settings = config.dedup.model_copy(update={"threshold": threshold} if threshold is not None else {})
@@ -166,7 +166,7 @@ def leakage_command(
 
     Example: tuneloop data leakage --train train.jsonl --eval val.jsonl --eval test.jsonl --report leaks.jsonl
     """
-    from tuneloop.data.leakage import find_leaks
+    from tuneloop.data.gate.leakage import find_leaks
 
     _, config = _settings()
     guard_outputs([train, *eval], [report], force)
@@ -196,8 +196,8 @@ def redact_command(
 
     Example: tuneloop data redact data/raw/traces.jsonl --out redacted.jsonl --mode placeholder
     """
-    from tuneloop.data.formats import write_samples
-    from tuneloop.data.pii import redact_samples
+    from tuneloop.data.io.formats import write_samples
+    from tuneloop.data.gate.pii import redact_samples
 
     _, config = _settings()
     chosen = mode or config.pii.mode
@@ -223,8 +223,8 @@ def split_command(
 
     Example: tuneloop data split deduped.jsonl --out-dir split/ --previous data/rounds/r0001
     """
-    from tuneloop.data.formats import write_quarantine, write_samples
-    from tuneloop.data.split import FrozenSplits, split_samples
+    from tuneloop.data.io.formats import write_quarantine, write_samples
+    from tuneloop.data.gate.split import FrozenSplits, split_samples
     from tuneloop.records import QuarantinedRow
 
     _, config = _settings()
@@ -258,8 +258,8 @@ def mix_command(
 
     Example: tuneloop data mix split/train.jsonl --out train.mixed.jsonl
     """
-    from tuneloop.data.formats import write_samples
-    from tuneloop.data.mix import mix
+    from tuneloop.data.io.formats import write_samples
+    from tuneloop.data.gate.mix import mix
 
     _, config = _settings()
     dropped = beside(out, "dropped")
@@ -291,7 +291,7 @@ def gate_command(
 
     Example: tuneloop data gate            (in a project)   |   tuneloop data gate a.jsonl b.jsonl --out rounds
     """
-    from tuneloop.data.gate import run_gate, run_gate_on
+    from tuneloop.data.gate.round import run_gate, run_gate_on
 
     project = find_project(required=False)
     if project is not None and out is None:
@@ -326,7 +326,7 @@ def rounds_list(dir: Annotated[Path | None, typer.Option("--dir", help="Rounds f
 
     Example: tuneloop rounds list
     """
-    from tuneloop.data.gate import round_dirs
+    from tuneloop.data.gate.round import round_dirs
     from tuneloop.files import read_json
 
     rounds = round_dirs(_rounds_dir(dir))
@@ -351,7 +351,7 @@ def rounds_diff(
 
     Example: tuneloop rounds diff r0001 r0002
     """
-    from tuneloop.data.formats import load_samples
+    from tuneloop.data.io.formats import load_samples
 
     folders = []
     for name in (old, new):

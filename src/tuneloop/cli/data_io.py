@@ -82,7 +82,7 @@ def parse_mapping(items: list[str]) -> dict[str, str]:
 
 def write_result(result, out: Path, label: str) -> None:
     """Write accepted samples and the quarantine beside them; print counts that add up to the rows read."""
-    from tuneloop.data.formats import write_quarantine, write_samples
+    from tuneloop.data.io.formats import write_quarantine, write_samples
 
     write_samples(out, result.samples)
     bad = write_quarantine(quarantine_path(out), result.quarantined)
@@ -107,9 +107,9 @@ def import_command(
 
     Example: tuneloop data import data/llamafactory --dataset alpaca_en_demo --out data/raw/alpaca.jsonl
     """
-    from tuneloop.data import hub
-    from tuneloop.data.formats import FORMATS, read_file
-    from tuneloop.data.shapes import Columns
+    from tuneloop.data.io import hub
+    from tuneloop.data.io.formats import FORMATS, read_file
+    from tuneloop.data.io.shapes import Columns
 
     if format not in FORMATS:
         raise UserError(f"--format {format}: use one of {', '.join(FORMATS)}")
@@ -135,8 +135,8 @@ def import_command(
 
 
 def import_folder(folder: Path, out: Path, dataset: str | None, force: bool = False) -> None:
-    from tuneloop.data.llamafactory import DATASET_INFO, entry_files, read_dataset_info
-    from tuneloop.data.llamafactory import import_folder as read_folder
+    from tuneloop.data.io.llamafactory import DATASET_INFO, entry_files, read_dataset_info
+    from tuneloop.data.io.llamafactory import import_folder as read_folder
 
     outcomes = read_folder(folder, [dataset] if dataset else None)
     out_dir = out if (out.is_dir() or not out.suffix) else out.parent
@@ -175,8 +175,8 @@ def export_command(
 
     Example: tuneloop data export data/rounds/r0001/train.jsonl --to llamafactory --out lf_data
     """
-    from tuneloop.data.formats import SHAPES, read_samples, write_file
-    from tuneloop.data.llamafactory import export_llamafactory
+    from tuneloop.data.io.formats import SHAPES, read_samples, write_file
+    from tuneloop.data.io.llamafactory import export_llamafactory
 
     if to not in ("llamafactory", *SHAPES):
         raise UserError(f"--to {to}: use llamafactory, {', '.join(SHAPES)}")
@@ -188,7 +188,7 @@ def export_command(
         raise UserError(f"{bad.source_file}, line {bad.line}: {bad.reason}. Import the file first "
                         f"(`tuneloop data import {src} --out clean.jsonl`) and export the clean samples.")
     if to == "llamafactory":
-        from tuneloop.data.llamafactory import DATASET_INFO, entry_names
+        from tuneloop.data.io.llamafactory import DATASET_INFO, entry_names
         from tuneloop.files import read_json
 
         names = entry_names(result.samples, name or src.name.split(".")[0])
@@ -212,7 +212,7 @@ def export_command(
 
 
 def default_manifest(manifest: Path | None) -> Path:
-    from tuneloop.data.registry import MANIFEST
+    from tuneloop.data.io.registry import MANIFEST
 
     if manifest is not None:
         return manifest
@@ -231,7 +231,7 @@ def register_command(
 
     Example: tuneloop data register seed data/raw/seed.jsonl data/raw/extra.csv
     """
-    from tuneloop.data.registry import register
+    from tuneloop.data.io.registry import register
 
     path = default_manifest(manifest)
     guard_outputs(files, [path], force=True)  # the manifest is updated in place; it must not be a registered file
@@ -252,7 +252,7 @@ def verify_command(
 
     Example: tuneloop data verify --manifest data/registry.json
     """
-    from tuneloop.data.registry import load_manifest, verify_manifest
+    from tuneloop.data.io.registry import load_manifest, verify_manifest
 
     path = default_manifest(manifest)
     mismatches = verify_manifest(path, names or None)

@@ -183,7 +183,7 @@ def export_bad(
 
     Example: tuneloop eval export-bad evals/after --out data/raw/relabel.jsonl
     """
-    from tuneloop.data.formats import write_samples
+    from tuneloop.data.io.formats import write_samples
     from tuneloop.eval.bad_cases import export_bad as export
     from tuneloop.eval.runner import load_results
 

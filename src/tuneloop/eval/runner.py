@@ -24,8 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.checks import schema_validator
-from tuneloop.data.formats import read_samples, write_quarantine
+from tuneloop.data.gate.checks import schema_validator
+from tuneloop.data.io.formats import read_samples, write_quarantine
 from tuneloop.eval.backends import (
     EndpointBackend,
     Generation,

@@ -99,7 +99,7 @@ def parity_samples(run_dir: Path, run: dict[str, Any], limit: int) -> list[Sampl
     if train:
         path = next((p for p in (Path(train), run_dir / train) if p.exists()), None)
         if path is not None:
-            from tuneloop.data.formats import read_samples
+            from tuneloop.data.io.formats import read_samples
 
             samples = read_samples(path).samples[:limit]
             if samples:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tuneloop.data.formats import read_samples
+from tuneloop.data.io.formats import read_samples
 from tuneloop.files import file_digest, read_json, write_json, write_text
 from tuneloop.records import Sample
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.formats import read_samples
+from tuneloop.data.io.formats import read_samples
 from tuneloop.files import file_digest
 from tuneloop.project import TrainConfig
 from tuneloop.records import QuarantinedRow

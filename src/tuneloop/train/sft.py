@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.formats import write_quarantine
+from tuneloop.data.io.formats import write_quarantine
 from tuneloop.files import atomic_dir, read_json, write_json
 from tuneloop.models import resolve_model
 from tuneloop.project import TrainConfig

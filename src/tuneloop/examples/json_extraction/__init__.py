@@ -17,9 +17,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from tuneloop.data.contract import parse_json
-from tuneloop.data.corner_cases import CornerCasePack
-from tuneloop.data.synth import Generator, SynthSpec, Verifier, grounded, numbers_stated, refusal_matches
+from tuneloop.data.create.contract import parse_json
+from tuneloop.data.create.corner_cases import CornerCasePack
+from tuneloop.data.create.synth import Generator, SynthSpec, Verifier, grounded, numbers_stated, refusal_matches
 from tuneloop.examples.json_extraction.templates import ALL_TEMPLATES, REFUSAL, SLOTS
 from tuneloop.records import Sample
 

@@ -19,10 +19,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneloop.data.augment import augment_samples
-from tuneloop.data.formats import write_quarantine, write_samples
-from tuneloop.data.sop import pick_examples, render_sop
-from tuneloop.data.synth import SynthResult, keep_verified
+from tuneloop.data.create.augment import augment_samples
+from tuneloop.data.io.formats import write_quarantine, write_samples
+from tuneloop.annotate.sop import pick_examples, render_sop
+from tuneloop.data.create.synth import SynthResult, keep_verified
 from tuneloop.examples.json_extraction import INSTRUCTION, SYSTEM, TASK_NAME, schema_text, synth_spec
 from tuneloop.examples.json_extraction.templates import ENTITY_POOLS, GENERIC, GOLDEN, NEGATIVE, OUT_OF_SCOPE
 from tuneloop.files import write_json, write_text

@@ -10,7 +10,7 @@ import json
 import random
 from typing import Any
 
-from tuneloop.data.synth import Choice, Template, enum, pool
+from tuneloop.data.create.synth import Choice, Template, enum, pool
 
 REFUSAL: dict[str, Any] = {"intent": "out_of_scope", "product": None, "order_id": None, "urgency": None, "refund_amount": None}
 IN_SCOPE_INTENTS = ("refund", "exchange", "order_status", "cancel_order", "product_issue")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tuneloop.data.conversation import (
+from tuneloop.data.io.conversation import (
     ASSISTANT, FUNCTION_CALL, OBSERVATION, USER, Conversation, RowError, conversation_of,
     sample_fields, type_name,
 )
-from tuneloop.data.shapes import ALPACA_EXPRESSED, TUNELOOP_COLUMN, build_sample, carried_fields, structured
+from tuneloop.data.io.shapes import ALPACA_EXPRESSED, TUNELOOP_COLUMN, build_sample, carried_fields, structured
 from tuneloop.records import Sample
 
 

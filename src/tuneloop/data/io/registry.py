@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.containers import iter_rows
+from tuneloop.data.io.containers import iter_rows
 from tuneloop.files import file_digest, write_json
 
 MANIFEST = Path("data") / "registry.json"

@@ -17,8 +17,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tuneloop.data.dedup import prompt_key_text, quality
-from tuneloop.data.text import normalize_many
+from tuneloop.data.gate.dedup import prompt_key_text, quality
+from tuneloop.data.gate.text import normalize_many
 from tuneloop.records import SAMPLE_TYPES, Sample
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.dedup import prompt_key_text
-from tuneloop.data.formats import ReadResult, read_file, read_samples
+from tuneloop.data.gate.dedup import prompt_key_text
+from tuneloop.data.io.formats import ReadResult, read_file, read_samples
 from tuneloop.records import QuarantinedRow, Sample
 
 TokenCounter = Callable[[list[str]], list[int]]
@@ -135,7 +135,7 @@ class SourceError(ValueError):
 def read_source(path: Path, format: str = "auto", dataset: str | None = None) -> ReadResult:
     """A source as tuneloop.yaml names it: a data file of any format tuneloop reads, or a LLaMA-Factory folder entry."""
     if path.is_dir():
-        from tuneloop.data.llamafactory import read_dataset_info, read_entry
+        from tuneloop.data.io.llamafactory import read_dataset_info, read_entry
 
         entries = read_dataset_info(path)
         if dataset not in entries:

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import html
-from tuneloop.data.augment_llm import Rewrites
-from tuneloop.data.augment_rules import RULES, Edit, RuleContext
-from tuneloop.data.contract import contract_violations, parse_json, replace_in_answer, stated_values
-from tuneloop.data.formats import sample_to_dict, write_quarantine, write_samples
+from tuneloop.data.create.llm import Rewrites
+from tuneloop.data.create.rules import RULES, Edit, RuleContext
+from tuneloop.data.create.contract import contract_violations, parse_json, replace_in_answer, stated_values
+from tuneloop.data.io.formats import sample_to_dict, write_quarantine, write_samples
 from tuneloop.files import write_text
 from tuneloop.progress import progress_bar
 from tuneloop.records import Lineage, QuarantinedRow, Sample, content_hash

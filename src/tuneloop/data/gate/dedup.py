@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.data.text import NgramTable, bulk_work, jaccard, ngram_set, ngram_table, normalize_many
+from tuneloop.data.gate.text import NgramTable, bulk_work, jaccard, ngram_set, ngram_table, normalize_many
 from tuneloop.project import DedupConfig
 from tuneloop.records import QuarantinedRow, Sample
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuneloop.data.conversation import (
+from tuneloop.data.io.conversation import (
     ASSISTANT, CONVERSATION_EXTRAS, FUNCTION_CALL, OBSERVATION, SYSTEM, USER, Conversation, RowError, check_text,
     conversation_of, sample_fields, type_name,
 )

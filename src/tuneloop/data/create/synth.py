@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneloop.data.contract import parse_json, stated_values
-from tuneloop.data.formats import sample_to_dict
+from tuneloop.data.create.contract import parse_json, stated_values
+from tuneloop.data.io.formats import sample_to_dict
 from tuneloop.records import Lineage, Meta, QuarantinedRow, Sample
 
 

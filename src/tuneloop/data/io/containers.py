@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.conversation import type_name
-from tuneloop.data.recovery import at_row_indent, csv_pieces, damaged_row_group, json_pieces, skip_space
+from tuneloop.data.io.conversation import type_name
+from tuneloop.data.io.recovery import at_row_indent, csv_pieces, damaged_row_group, json_pieces, skip_space
 from tuneloop.records import QuarantinedRow
 
 CONTAINERS = ("jsonl", "json", "csv", "parquet")

@@ -22,10 +22,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuneloop.data.containers import RawRow, container_of, iter_rows
-from tuneloop.data.conversation import RowError
-from tuneloop.data.openai_chat import openai_to_sample, sample_to_openai
-from tuneloop.data.shapes import (
+from tuneloop.data.io.containers import RawRow, container_of, iter_rows
+from tuneloop.data.io.conversation import RowError
+from tuneloop.data.io.openai_chat import openai_to_sample, sample_to_openai
+from tuneloop.data.io.shapes import (
     Columns, Tags, alpaca_to_sample, sample_to_alpaca, sample_to_sharegpt, sharegpt_to_sample, structured,
 )
 from tuneloop.files import atomic_open

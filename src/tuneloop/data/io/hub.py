@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.containers import RawRow
-from tuneloop.data.formats import ReadResult, collect, detect_shape, row_to_sample
-from tuneloop.data.shapes import Columns, Tags
+from tuneloop.data.io.containers import RawRow
+from tuneloop.data.io.formats import ReadResult, collect, detect_shape, row_to_sample
+from tuneloop.data.io.shapes import Columns, Tags
 from tuneloop.records import Sample
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

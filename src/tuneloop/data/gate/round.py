@@ -27,15 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.checks import CheckResult, TokenCounter, approximate_tokens, check_sources, tokenizer_counter
+from tuneloop.data.gate.checks import CheckResult, TokenCounter, approximate_tokens, check_sources, tokenizer_counter
 import numpy as np
 
-from tuneloop.data.dedup import DedupResult, dedup
-from tuneloop.data.formats import write_quarantine, write_samples
-from tuneloop.data.leakage import LeakageReport, find_leaks, overlap_pairs
-from tuneloop.data.mix import MixResult, mix
-from tuneloop.data.pii import Redactor, recognizers, scan_value
-from tuneloop.data.split import FrozenSplits, SplitResult, split_samples
+from tuneloop.data.gate.dedup import DedupResult, dedup
+from tuneloop.data.io.formats import write_quarantine, write_samples
+from tuneloop.data.gate.leakage import LeakageReport, find_leaks, overlap_pairs
+from tuneloop.data.gate.mix import MixResult, mix
+from tuneloop.data.gate.pii import Redactor, recognizers, scan_value
+from tuneloop.data.gate.split import FrozenSplits, SplitResult, split_samples
 from tuneloop.files import atomic_dir, file_digest, write_json, write_text
 from tuneloop.project import DataConfig, Project
 from tuneloop.records import QuarantinedRow
@@ -242,7 +242,7 @@ def failures_of(run: GateRun, counts: dict[str, int], config: DataConfig) -> lis
 def gate(pairs: Sequence[tuple], rounds_dir: Path, config: DataConfig, schema: dict[str, Any] | None,
          count_tokens: TokenCounter, token_source: str, max_tokens: int | None, progress: bool = False) -> GateResult:
     """Run the gate and write the round folder atomically."""
-    from tuneloop.data.gate_report import build_manifest, build_report
+    from tuneloop.data.gate.report import build_manifest, build_report
 
     rounds_dir = Path(rounds_dir)
     _remove_stale_staging(rounds_dir)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.formats import ReadResult, read_file, samples_to_rows, write_rows
-from tuneloop.data.shapes import Columns, Tags
+from tuneloop.data.io.formats import ReadResult, read_file, samples_to_rows, write_rows
+from tuneloop.data.io.shapes import Columns, Tags
 from tuneloop.files import file_digest, read_json, write_json
 from tuneloop.records import Sample
 

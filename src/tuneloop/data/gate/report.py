@@ -11,7 +11,7 @@ from tuneloop.files import tree_digest
 from tuneloop.project import DataConfig
 
 if TYPE_CHECKING:
-    from tuneloop.data.gate import GateRun
+    from tuneloop.data.gate.round import GateRun
 
 REPORT_ROWS = 2000  # rows per report table; the manifest lists everything
 
@@ -52,7 +52,7 @@ def build_manifest(run: GateRun, counts: dict[str, int], failures: list[str], co
 
 def count_identity(counts: dict[str, int]) -> str:
     """The identity every round's counts obey, with the numbers: `rows_in = accepted + … = N`."""
-    from tuneloop.data.gate import COUNT_IDENTITY
+    from tuneloop.data.gate.round import COUNT_IDENTITY
 
     names = COUNT_IDENTITY.split(" = ")[1].split(" + ")
     return (f"{COUNT_IDENTITY}: {counts['rows_in']} = " + " + ".join(str(counts[n]) for n in names)

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneloop.data.augment_rules import IRRELEVANT
-from tuneloop.data.synth import OPTIONAL, Generator, Template
+from tuneloop.data.create.rules import IRRELEVANT
+from tuneloop.data.create.synth import OPTIONAL, Generator, Template
 from tuneloop.records import Sample
 
 KINDS = ("null_values", "missing_fields", "malformed_dates", "malformed_phones", "extreme_length",

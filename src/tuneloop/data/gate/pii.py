@@ -35,7 +35,7 @@ from typing import Any
 from stdnum import luhn
 from stdnum.iso7064 import mod_11_2
 
-from tuneloop.data.pii_ids import valid_bank_card, valid_email, valid_ip, valid_phone, valid_prc_id
+from tuneloop.data.gate.pii_ids import valid_bank_card, valid_email, valid_ip, valid_phone, valid_prc_id
 from tuneloop.records import Sample
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.data.dedup import answer_keys, clusters_of, prompt_key_text
-from tuneloop.data.formats import load_samples
-from tuneloop.data.text import normalize_many, text_hash
+from tuneloop.data.gate.dedup import answer_keys, clusters_of, prompt_key_text
+from tuneloop.data.io.formats import load_samples
+from tuneloop.data.gate.text import normalize_many, text_hash
 from tuneloop.project import SplitConfig
 from tuneloop.records import Sample
 

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tuneloop.data.dedup import candidate_pairs
-from tuneloop.data.text import NgramTable, bulk_work, jaccard, ngram_table, normalize_many
+from tuneloop.data.gate.dedup import candidate_pairs
+from tuneloop.data.gate.text import NgramTable, bulk_work, jaccard, ngram_table, normalize_many
 from tuneloop.project import DedupConfig, LeakageConfig
 from tuneloop.records import Sample
 
