@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import tuneloop.cli.data_io  # noqa: F401  (registers the data commands)
+import tuneloop.cli.data  # noqa: F401  (registers the data commands)
 from tuneloop.cli.apps import data_app
 from tuneloop.data.io.formats import read_file
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import tuneloop.cli.data_io  # noqa: F401  (registers the data commands)
+import tuneloop.cli.data  # noqa: F401  (registers the data commands)
 from tuneloop.cli.apps import data_app
 from tuneloop.data.io.formats import read_samples
 from tuneloop.data.io.llamafactory import export_llamafactory, import_folder, read_dataset_info, read_entry

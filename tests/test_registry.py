@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import tuneloop.cli.data_io  # noqa: F401  (registers the data commands)
+import tuneloop.cli.data  # noqa: F401  (registers the data commands)
 from tuneloop.cli.apps import data_app
 from tuneloop.data.io.registry import DataChanged, register, require_unchanged, verify_manifest
 from tuneloop.files import file_digest

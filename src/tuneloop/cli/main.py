@@ -7,15 +7,21 @@ import importlib
 from tuneloop.cli.apps import app
 from tuneloop.cli.common import guard_commands
 
+# one module per command group, named after it; top-level commands first, in the order `tuneloop --help` lists them
 COMMAND_MODULES = (
+    "tuneloop.cli.doctor",
+    "tuneloop.cli.init",
+    "tuneloop.cli.plan",
+    "tuneloop.cli.serve",
+    "tuneloop.cli.run",
     "tuneloop.cli.models",
-    "tuneloop.cli.data_io",
-    "tuneloop.cli.data_gate",
-    "tuneloop.cli.data_create",
+    "tuneloop.cli.data",
     "tuneloop.cli.train",
     "tuneloop.cli.eval",
-    "tuneloop.cli.serve",
-    "tuneloop.cli.loop",
+    "tuneloop.cli.export",
+    "tuneloop.cli.sop",
+    "tuneloop.cli.canary",
+    "tuneloop.cli.rounds",
 )
 
 for module in COMMAND_MODULES:

@@ -1,4 +1,4 @@
-"""`tuneloop models pull|list|remove` and `tuneloop doctor`."""
+"""`tuneloop models pull|list|remove`: the embedded default model and the local model cache."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import json
 import typer
 from rich.table import Table
 
-from tuneloop.cli.apps import app, models_app
+from tuneloop.cli.apps import models_app
 from tuneloop.cli.common import UserError, console, friendly_errors
-
-LEVEL_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "info": "cyan"}
-
 
 @models_app.command("pull")
 @friendly_errors
@@ -64,26 +61,3 @@ def remove(name: str = typer.Argument(..., help="Cached model folder name, as `t
     if not models.remove_cached(name):
         raise UserError(f"no cached model named '{name}'; see `tuneloop models list`.")
     console.print(f"removed {name}")
-
-
-@app.command("doctor")
-@friendly_errors
-def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON.")) -> None:
-    """Check Python, torch/CUDA, GPUs, bf16, attention backends, memory, optional engines and the default model.
-
-    Example: tuneloop doctor --json
-    """
-    from tuneloop.doctor import as_json as checks_as_json
-    from tuneloop.doctor import run_checks
-
-    checks = run_checks()
-    if as_json:
-        typer.echo(json.dumps(checks_as_json(checks), indent=2, default=str))
-    else:
-        table = Table("check", "status", "value", "what to do")
-        for check in checks:
-            style = LEVEL_STYLE[check.level]
-            table.add_row(check.name, f"[{style}]{check.level}[/]", str(check.value), check.fix)
-        console.print(table)
-    if any(c.level == "fail" for c in checks):
-        raise typer.Exit(1)

@@ -1,4 +1,4 @@
-"""`tuneloop serve`, `tuneloop export merge`, `tuneloop canary status`."""
+"""`tuneloop serve`: a model over an OpenAI-compatible API (embedded or vLLM), or a canary between two backends."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import os
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from tuneloop.cli.apps import app, canary_app, export_app
-from tuneloop.cli.common import UserError, console, err_console, find_project, friendly_errors
+from tuneloop.cli.apps import app
+from tuneloop.cli.common import UserError, console, find_project, friendly_errors
 
 
 def _project_defaults():
@@ -19,7 +18,7 @@ def _project_defaults():
     return project, (project.config.serve if project else None)
 
 
-def _store_path(traces: Path | None) -> Path:
+def store_path(traces: Path | None) -> Path:
     if traces is not None:
         return traces
     project = find_project(required=False)
@@ -63,7 +62,7 @@ def serve(
     if not api_key and not insecure and not _is_loopback(host):
         raise UserError(f"--host {host} exposes the server beyond this machine without an API key; set "
                         "serve.api_key_env in tuneloop.yaml (and that variable), or pass --insecure.")
-    store = _store_path(traces)
+    store = store_path(traces)
     if stable or canary:
         if not (stable and canary):
             raise UserError("a canary needs both --stable and --canary (a URL ending in /v1, or a model folder).")
@@ -94,7 +93,7 @@ def _is_loopback(host: str) -> bool:
 
 def _check_schema(path: Path) -> None:
     """Print each keyword's verdict (enforced, annotation, refused); exit 1 when any is refused."""
-    from tuneloop.serve.coverage import schema_coverage
+    from tuneloop.decoding.coverage import schema_coverage
 
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
@@ -155,64 +154,3 @@ def _serve_canary(stable: str, canary: str, weight: float, host: str, port: int,
         router = create_router(CanaryConfig(urls[0], urls[1], weight=weight, api_key=api_key), str(store))
         console.print(f"canary router on http://{host}:{port}/v1: stable {urls[0]}, canary {urls[1]} at {weight:.0%}")
         uvicorn.run(router, host=host, port=port, log_level="info")
-
-
-@export_app.command("merge")
-@friendly_errors
-def export_merge(
-    run: Path = typer.Option(..., "--run", help="Run folder with run.json and adapter/ (runs/<run-id>)."),
-    out: Path = typer.Option(..., "--out", help="Export folder to write (replaced only when the gate passes)."),
-    shard_size: str = typer.Option("5", "--shard-size", help="Shard size in GB (5) or with a unit (500MB)."),
-    check_prompts: int = typer.Option(8, "--check-prompts", help="Prompts the reload gate compares."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 (max logit diff < 1e-4) or bfloat16 (same greedy)."),
-) -> None:
-    """Merge a LoRA run into its base, write shards + tokenizer + template + manifest, and verify the result.
-
-    Example: tuneloop export merge --run runs/20250101-ab12 --out exports/ticket-v2 --shard-size 5
-    """
-    from tuneloop.export.merge import MergeGateError, merge_run
-
-    try:
-        report = merge_run(run, out, shard_size=shard_size, check_prompts=check_prompts, dtype=dtype)
-    except MergeGateError as err:  # a check that said no, not bad input: exit 1, as a refused round does
-        err_console.print(f"[bold red]failed:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    parity = report.parity
-    console.print(f"[green]merged[/] {run} → {out}: max logit diff {report.max_logit_diff:.2e}, greedy identical "
-                  f"{report.greedy_identical} on {report.prompts_checked} prompts; template parity "
-                  f"{parity['checked']} samples {'pass' if parity['passed'] else 'FAIL'}; {len(report.files)} files "
-                  "hashed in manifest.json")
-
-
-@canary_app.command("status")
-@friendly_errors
-def canary_status_command(
-    traces: Path = typer.Option(None, "--traces", help="Trace store the router writes (default: project traces.db)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
-) -> None:
-    """Show both arms of the running (or last) canary and the gate's decision.
-
-    Example: tuneloop canary status --traces traces.db
-    """
-    from rich.table import Table
-
-    from tuneloop.serve.canary import canary_status, describe
-
-    store = _store_path(traces)
-    if not store.exists():
-        raise UserError(f"{store}: no trace store; start a canary with `tuneloop serve --stable A --canary B`.")
-    state = canary_status(str(store))
-    if not state or "arms" not in state:
-        raise UserError(f"{store}: no canary has run on this trace store; start one with `tuneloop serve --stable A --canary B`.")
-    if as_json:
-        console.print_json(json.dumps(state))
-        return
-    rows = describe(state)
-    table = Table(title=f"canary at {state['weight']:.0%}: {state['decision'].upper()}")
-    for column in rows[0]:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    console.print(table)
-    console.print(f"SPRT log LR {state['log_likelihood_ratio']} (rollback ≥ {state['rollback_at']}, promote ≤ "
-                  f"{state['promote_at']}); stable {state['stable_url']}, canary {state['canary_url']}", highlight=False)

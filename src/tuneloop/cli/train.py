@@ -1,4 +1,4 @@
-"""`tuneloop train sft`, `tuneloop plan` and `tuneloop export llamafactory`."""
+"""`tuneloop train sft`: supervised fine-tuning of a project's round or explicit files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from tuneloop.cli.apps import app, export_app, train_app
+from tuneloop.cli.apps import train_app
 from tuneloop.cli.common import UserError, console, find_project, friendly_errors
 from tuneloop.project import TrainConfig, load_config
 
@@ -118,63 +118,3 @@ def _report(result: Any) -> None:
         console.print(f"  [yellow]val loss oscillates[/]: try lr {result.suggested_learning_rate:g} "
                       "(--restart-with-suggested-lr)")
     console.print(f"  run card: {result.out_dir / 'run_card.html'}")
-
-
-@app.command("plan")
-@friendly_errors
-def plan(
-    model: str = typer.Option("default", "--model", help="HF id, local folder or 'default'; only its config is read "
-                              "(common Qwen/Llama/Mistral/Gemma/SmolLM2 configs ship with tuneloop: no network)."),
-    method: str = typer.Option("lora", "--method", help="lora | qlora | full."),
-    seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per row."),
-    gpus: int = typer.Option(1, "--gpus", help="GPUs to spread over (FSDP shards full fine-tuning states)."),
-    batch: int = typer.Option(1, "--batch", help="Rows per GPU per forward pass."),
-    lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """Estimate training memory from the model config alone (no weights) and recommend a GPU setup.
-
-    Example: tuneloop plan --model Qwen/Qwen2.5-7B-Instruct --method lora --seq-len 4096
-    """
-    import json
-
-    from tuneloop.train.plan import estimate, read_shape
-
-    if method not in ("lora", "qlora", "full"):
-        raise UserError(f"--method {method}: expected lora, qlora or full.")
-    result = estimate(read_shape(model), method, seq_len, batch=batch, gpus=gpus, lora_rank=lora_rank)
-    if as_json:
-        console.print_json(json.dumps(result.as_dict()))
-        return
-    from rich.table import Table
-
-    table = Table(title=f"{model}: {method}, seq {seq_len}, batch {batch}, {gpus} GPU(s) — {result.params_b:.2f} B params")
-    table.add_column("part")
-    table.add_column("GiB per GPU", justify="right")
-    for name, gib in result.parts.items():
-        table.add_row(name, f"{gib:.2f}")
-    table.add_row("[bold]total (no checkpointing)[/]", f"[bold]{result.total_gib:.2f}[/]")
-    table.add_row("[bold]total (gradient checkpointing)[/]", f"[bold]{result.total_checkpointed_gib:.2f}[/]")
-    console.print(table)
-    console.print(f"recommendation: {result.recommendation}", highlight=False)
-    console.print(f"config: {result.shape.source}", highlight=False)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-
-
-@export_app.command("llamafactory")
-@friendly_errors
-def export_llamafactory(
-    run: Path = typer.Option(..., "--run", help="Run folder written by `tuneloop train sft` (holds config.json)."),
-    out: Path = typer.Option(..., "--out", help="Folder for dataset_info.json, data files and the YAML configs."),
-    template: str = typer.Option(None, "--template", help="LLaMA-Factory template name (default: guessed from the model)."),
-) -> None:
-    """Write the same training as LLaMA-Factory files: data + dataset_info.json, training YAML, export YAML.
-
-    Example: tuneloop export llamafactory --run runs/r0001-lora-1a2b3c4d --out lf/
-    """
-    from tuneloop.train.llamafactory import export_run
-
-    written = export_run(run, out, template=template)
-    for path in written:
-        console.print(f"wrote {path}", highlight=False)

@@ -1,4 +1,4 @@
-"""Data creation commands: `init --example`, `sop init`, `data augment`, `data synth`."""
+"""`tuneloop data augment|synth`: new data from seeds (clone variants) and from code (verified synthesis)."""
 
 from __future__ import annotations
 
@@ -12,62 +12,10 @@ from typing import Any
 
 import typer
 
-from tuneloop.cli.apps import app, data_app, sop_app
+from tuneloop.cli.apps import data_app
 from tuneloop.cli.common import UserError, console, find_project, friendly_errors
-from tuneloop.cli.data_io import FORCE_HELP, guard_outputs
+from tuneloop.cli.data.io import FORCE_HELP, guard_outputs
 from tuneloop.project import AugmentConfig, Project
-
-
-@app.command("init")
-@friendly_errors
-def init(
-    directory: Path = typer.Argument(..., help="Folder to create the project in."),
-    example: str = typer.Option("json-extraction", "--example", help="Example project to write."),
-    size: int = typer.Option(600, "--size", min=16, help="Rows in the seed file, clone variants included."),
-    seed: int = typer.Option(0, "--seed", help="Seed of generation; the same seed gives the same files."),
-    force: bool = typer.Option(False, "--force", help="Write over an existing project in the folder."),
-) -> None:
-    """Create a project with a task, JSON Schema, SOP and a verified, code-generated seed data set.
-
-    Example: tuneloop init demo --example json-extraction && cd demo && tuneloop run
-    """
-    from tuneloop.examples import EXAMPLES
-
-    if example not in EXAMPLES:
-        raise UserError(f"--example {example!r}: no such example; choose from {sorted(EXAMPLES)}.")
-    module = importlib.import_module(EXAMPLES[example])
-    built = module.init_project(directory, size=size, seed=seed, force=force)
-    mix = Counter(row.sample_type for row in built.rows)
-    console.print(f"wrote {directory}/ with {len(built.rows)} rows ({len(built.seeds)} seeds + clone variants): "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(mix.items())))
-    if built.quarantined:
-        console.print(f"[yellow]{len(built.quarantined)} generated rows failed verification[/]: see data/raw/seed.quarantine.jsonl")
-    console.print(f"next: cd {directory} && tuneloop run")
-
-
-@sop_app.command("init")
-@friendly_errors
-def sop_init(
-    force: bool = typer.Option(False, "--force", help="Write over an existing SOP (your edits are lost)."),
-    instruction: str = typer.Option("", "--instruction", help="The task instruction (default: the data's most common)."),
-) -> None:
-    """Write the project's annotation SOP (task.sop) from its task, schema, refusal and examples from its data.
-
-    Example: tuneloop sop init --force
-    """
-    from tuneloop.data.io.formats import read_samples
-    from tuneloop.annotate.sop import pick_examples, write_project_sop
-
-    project = find_project()
-    samples = []
-    for source in project.config.data.sources:
-        path = project.path(source.path)
-        if path.is_file() and path.suffix == ".jsonl":
-            samples += read_samples(path).samples
-    if not instruction and samples:
-        instruction = Counter(s.instruction for s in samples).most_common(1)[0][0]
-    path = write_project_sop(project, examples=pick_examples(samples), instruction=instruction, force=force)
-    console.print(f"wrote {path}")
 
 
 def load_pools(pools: str | dict[str, list[str]] | None, base: Path) -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""`tuneloop data check|dedup|leakage|redact|split|mix|gate` and `tuneloop rounds list|diff`.
+"""`tuneloop data check|dedup|leakage|redact|split|mix|gate`: the quality gate, stage by stage and whole.
 
 In a project directory the commands read `data.sources` and the data settings of tuneloop.yaml; elsewhere they
 take explicit files and use the default settings. Heavy imports live inside the commands.
@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneloop.cli.apps import data_app, rounds_app
+from tuneloop.cli.apps import data_app
 from tuneloop.cli.common import UserError, console, find_project, friendly_errors
-from tuneloop.cli.data_io import Force, beside, folder_refused, guard_outputs, print_counts, quarantine_path
+from tuneloop.cli.data.io import Force, beside, folder_refused, guard_outputs, print_counts, quarantine_path
 
 FILES_HELP = "tuneloop JSONL files (default: data.sources of the project here)."
 InputFiles = Annotated[list[Path], typer.Argument(help="tuneloop JSONL files.")]
@@ -308,67 +308,3 @@ def gate_command(
     for failure in result.failures:
         console.print(f"[red]✗[/] {failure}")
     raise typer.Exit(1)
-
-
-def _rounds_dir(path: Path | None) -> Path:
-    if path is not None:
-        return path
-    project = find_project(required=False)
-    if project is None:
-        raise UserError("not in a project: pass --dir ROUNDS_DIR.")
-    return project.rounds_dir
-
-
-@rounds_app.command("list")
-@friendly_errors
-def rounds_list(dir: Annotated[Path | None, typer.Option("--dir", help="Rounds folder (default: the project's).")] = None) -> None:
-    """List the data rounds with their counts and whether the gate passed.
-
-    Example: tuneloop rounds list
-    """
-    from tuneloop.data.gate.round import round_dirs
-    from tuneloop.files import read_json
-
-    rounds = round_dirs(_rounds_dir(dir))
-    if not rounds:
-        console.print("no rounds yet: run `tuneloop data gate`.")
-    for folder in rounds:
-        manifest = read_json(folder / "manifest.json")
-        counts = manifest.get("counts", {})
-        console.print(f"{folder.name}  {manifest.get('created_at', '')}  train {counts.get('train')}  "
-                      f"val {counts.get('val')}  test {counts.get('test')}  quarantined {counts.get('quarantined')}  "
-                      f"{'passed' if manifest.get('passed') else 'failed'}")
-
-
-@rounds_app.command("diff")
-@friendly_errors
-def rounds_diff(
-    old: Annotated[str, typer.Argument(help="Earlier round (name like r0001, or a folder).")],
-    new: Annotated[str, typer.Argument(help="Later round.")],
-    dir: Annotated[Path | None, typer.Option("--dir", help="Rounds folder (default: the project's).")] = None,
-) -> None:
-    """What changed between two rounds: counts, and rows added to / removed from each split.
-
-    Example: tuneloop rounds diff r0001 r0002
-    """
-    from tuneloop.data.io.formats import load_samples
-
-    folders = []
-    for name in (old, new):
-        folder = Path(name) if Path(name).is_dir() else _rounds_dir(dir) / name
-        if not (folder / "manifest.json").exists():
-            raise UserError(f"{folder}: not a round folder (no manifest.json); see `tuneloop rounds list`.")
-        folders.append(folder)
-    for split in ("train", "val", "test", "quarantine"):
-        if split == "quarantine":
-            import json
-
-            ids = [{json.loads(line).get("sample_id") for line in (f / "quarantine.jsonl").read_text(encoding="utf-8").splitlines() if line}
-                   for f in folders]
-        else:
-            rows = [{s.id: s.content_id() for s in load_samples(f / f"{split}.jsonl")} for f in folders]
-            ids = [set(r) for r in rows]
-            changed = sum(1 for i in ids[0] & ids[1] if rows[0][i] != rows[1][i])
-        added, removed = ids[1] - ids[0], ids[0] - ids[1]
-        extra = f", {changed} changed" if split != "quarantine" else ""
-        console.print(f"{split:<10} {len(ids[0]):>7} → {len(ids[1]):<7} +{len(added)} -{len(removed)}{extra}")
