@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tuneloop.data.gate.checks import approximate_tokens, check_sources, sample_problems, schema_validator
+from tuneloop.answers import schema_validator
+from tuneloop.data.gate.checks import approximate_tokens, check_sources, sample_problems
 from tuneloop.records import Sample
 
 SCHEMA = {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]}

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from tuneloop.eval.bad_cases import failure_kinds
-from tuneloop.eval.metrics import MISSING, field_scores, find_json, flatten, is_refusal, score_answer, summarize
+from tuneloop.answers import MISSING, find_json, is_refusal
+from tuneloop.eval.metrics import field_scores, flatten, score_answer, summarize
 from tuneloop.records import Sample
 
 SCHEMA = {

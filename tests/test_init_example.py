@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from tuneloop.cli.main import app
 from tuneloop.data.io.formats import load_samples
 from tuneloop.annotate.sop import load_sop
-from tuneloop.examples.json_extraction import INSTRUCTION, KEYS, REFUSAL, is_refusal
+from tuneloop.answers import is_refusal
+from tuneloop.examples.json_extraction import INSTRUCTION, KEYS, REFUSAL
 from tuneloop.examples.json_extraction.demo import MIX, quotas
 from tuneloop.project import Project
 
@@ -35,7 +36,7 @@ def test_every_seed_row_validates_against_the_schema(demo):
         assert not list(validator.iter_errors(answer)), row.id
         assert tuple(answer) == KEYS
         assert row.instruction == INSTRUCTION
-        assert is_refusal(answer) == (row.expected == "refuse")
+        assert is_refusal(row.output, answer, REFUSAL) == (row.expected == "refuse")
     assert (demo / "data" / "raw" / "seed.quarantine.jsonl").read_text() == ""
 
 

@@ -13,7 +13,8 @@ from tuneloop.cli.main import app
 from tuneloop.data.create.corner_cases import KINDS, LONG_INPUT_CHARS, CornerCasePack
 from tuneloop.data.io.formats import load_samples
 from tuneloop.data.create.synth import Choice, Generator, SynthSpec, Template, Verifier, enum, grounded, keep_verified, pool
-from tuneloop.examples.json_extraction import REFUSAL, is_refusal, synth_spec
+from tuneloop.answers import is_refusal
+from tuneloop.examples.json_extraction import REFUSAL, synth_spec
 
 SCHEMA = {
     "type": "object",
@@ -102,9 +103,9 @@ def test_the_corner_case_pack_covers_every_kind():
         assert row.sample_type == "boundary" and row.meta.difficulty == "hard"
     assert set(by_kind) == set(KINDS)
     for row in by_kind["empty_input"]:
-        assert row.input.strip() == "" and row.expected == "refuse" and is_refusal(row.output)
+        assert row.input.strip() == "" and row.expected == "refuse" and is_refusal(row.output, form=REFUSAL)
     for kind in ("null_values", "missing_fields"):
-        assert all(None in json.loads(r.output).values() and not is_refusal(r.output) for r in by_kind[kind])
+        assert all(None in json.loads(r.output).values() and not is_refusal(r.output, form=REFUSAL) for r in by_kind[kind])
     assert all(len(r.input) >= LONG_INPUT_CHARS[r.meta.lang] for r in by_kind["extreme_length"])
     assert all(r.expected == "answer" for k in KINDS if k != "empty_input" for r in by_kind[k])
     assert any("30" in r.input or "13" in r.input or "31" in r.input for r in by_kind["malformed_dates"])

@@ -22,7 +22,7 @@ from typing import Any
 
 from tuneloop.eval.backends import EndpointBackend, Generation, json_schema_format
 from tuneloop.eval.journal import Journal
-from tuneloop.eval.metrics import MISSING, find_json
+from tuneloop.answers import MISSING, find_json
 from tuneloop.progress import progress_bar, say
 from tuneloop.records import EvalResult, Sample, content_hash
 

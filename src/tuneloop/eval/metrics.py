@@ -15,7 +15,7 @@ fields_lenient  the same read from the JSON found inside the noise (only when th
                 whether the content was right under the wrapping, so noise and wrong fields are counted apart
                 A key the answer lacks is wrong, unless the schema leaves it optional (not in `required`) and the
                 expected value is null.
-refused         the answer is a refusal (see `is_refusal`)
+refused         the answer is a refusal (`tuneloop.answers.is_refusal`, with the schema's `x-refusal` form)
 refusal_ok      must-refuse refused / must-answer answered; on boundary samples and samples with expected "refuse"
 truncated       finish_reason == "length"
 ok              no failure of any kind above: the per-sample pass used for failure rates and bad cases
@@ -26,65 +26,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tuneloop.answers import MISSING, find_json, is_refusal, parse_json, refusal_form, schema_errors
 from tuneloop.records import Sample
 
-MISSING = object()
 NULL_LIKE = {"", "null", "none", "n/a", "na", "无", "空"}
-# Keys whose truthy value marks a JSON answer as the schema's refusal form, e.g. {"refusal": "out of scope"}.
-REFUSAL_KEYS = ("refusal", "refused", "refuse", "cannot_answer", "unanswerable", "error")
-REFUSAL_PHRASES = (
-    "i can't", "i cannot", "i can not", "i'm sorry", "i am sorry", "i'm unable", "i am unable", "unable to help",
-    "not able to help", "i won't", "i will not", "cannot help", "can't help", "cannot assist", "can't assist",
-    "cannot provide", "can't provide", "as an ai",
-    "无法", "不能", "抱歉", "对不起", "不可以", "拒绝", "无可奉告",
-)
-FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?```", re.DOTALL)
 BINARY_METRICS = ("ok", "json_valid", "schema_valid", "exact_match", "clean", "refusal_ok", "complete")
-
-
-def parse_strict(text: str) -> tuple[bool, Any]:
-    """(True, value) when the whole text is one JSON value; (False, None) otherwise."""
-    try:
-        return True, json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return False, None
-
-
-def find_json(text: str) -> tuple[Any, list[str]]:
-    """The first JSON object or array in a text, and the noise around it.
-
-    >>> find_json('Here is the JSON:\\n```json\\n{"a": 1}\\n``` hope it helps')
-    ({'a': 1}, ['prefix', 'code_fence', 'suffix'])
-    """
-    ok, value = parse_strict(text)
-    if ok:
-        return value, []
-    noise: list[str] = []
-    body, before, after = text, "", ""
-    fence = FENCE.search(text)
-    if fence:
-        noise.append("code_fence")
-        body, before, after = fence.group(1), text[: fence.start()], text[fence.end():]
-    decoder = json.JSONDecoder()
-    for start, char in enumerate(body):
-        if char not in "{[":
-            continue
-        try:
-            value, end = decoder.raw_decode(body, start)
-        except json.JSONDecodeError:
-            continue
-        if (before + body[:start]).strip():
-            noise.insert(0, "prefix")
-        if (body[end:] + after).strip():
-            noise.append("suffix")
-        return value, noise
-    return MISSING, noise
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -191,45 +142,14 @@ def key_optional(schema: dict[str, Any] | None, answer: Any, path: str) -> bool:
     return False
 
 
-def is_refusal(text: str, value: Any = MISSING, refusal_form: dict[str, Any] | None = None) -> bool:
-    """Whether an answer declines the task.
-
-    For a JSON task a refusal is the task's declared refusal form (the schema's `x-refusal` object: an answer
-    whose values equal every non-null value of it, e.g. `{"intent": "out_of_scope", ...}`), an object with a
-    truthy `refusal`, `refused`, `cannot_answer`, `unanswerable` or `error` key, or text with a refusal phrase in
-    English or Chinese ("I can't", "I'm sorry", "无法", "抱歉", ...). A JSON answer whose values merely mention
-    such words is an answer.
-    """
-    if isinstance(value, dict):
-        if refusal_form and all(value.get(k) == v for k, v in refusal_form.items() if v is not None):
-            return True
-        return any(value.get(key) not in (None, False, "", 0) for key in REFUSAL_KEYS)
-    if isinstance(value, str):  # a bare JSON string is prose in quotes
-        text = value
-    elif value is not MISSING:
-        return False
-    lowered = text.casefold().replace("’", "'")
-    return any(phrase in lowered for phrase in REFUSAL_PHRASES)
-
-
-def refusal_form(validator: Any) -> dict[str, Any] | None:
-    """The refusal answer a task's schema declares under `x-refusal`, if any."""
-    form = (getattr(validator, "schema", None) or {}).get("x-refusal") if validator is not None else None
-    return form if isinstance(form, dict) and any(v is not None for v in form.values()) else None
-
-
-def schema_errors(validator: Any, value: Any) -> list[str]:
-    return [f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in validator.iter_errors(value)]
-
-
 def score_answer(sample: Sample, raw: str, finish_reason: str | None, validator: Any = None) -> dict[str, Any]:
     """Every metric of one answer (see the module docstring); `validator` is a jsonschema validator or None."""
-    json_valid, strict_value = parse_strict(raw)
+    json_valid, strict_value = parse_json(raw)
     found, noise = find_json(raw)
-    expected_is_json, expected_value = parse_strict(sample.output)
+    expected_is_json, expected_value = parse_json(sample.output)
     expected_is_json = expected_is_json and isinstance(expected_value, (dict, list))
     must_refuse = sample.expected == "refuse"
-    refused = is_refusal(raw, found, refusal_form(validator))
+    refused = is_refusal(raw, found, refusal_form(getattr(validator, "schema", None)))
     scores: dict[str, Any] = {
         "json_valid": json_valid,
         "json_found": found is not MISSING,

@@ -20,14 +20,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from tuneloop.answers import parse_json
 from tuneloop.records import Sample
-
-
-def parse_json(text: str) -> tuple[bool, Any]:
-    try:
-        return True, json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return False, None
 
 
 def json_type(value: Any) -> str:

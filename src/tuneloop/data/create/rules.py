@@ -13,11 +13,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from random import Random
 
-CJK = re.compile(r"[\u3400-\u9fff]")
+from tuneloop.data.gate.text import HAN_CHAR
 
 
 def is_chinese(text: str) -> bool:
-    return bool(CJK.search(text))
+    """Whether a text holds any Chinese character (`data.gate.text.HAN_CHAR`): it gets Chinese entities and edits.
+
+    >>> is_chinese("My 无线耳机 broke"), is_chinese("My earbuds broke")
+    (True, False)
+    """
+    return bool(HAN_CHAR.search(text))
 
 
 @dataclass(frozen=True)

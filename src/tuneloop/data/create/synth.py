@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneloop.data.create.contract import parse_json, stated_values
+from tuneloop.answers import is_refusal, parse_json, schema_errors, schema_validator
+from tuneloop.data.create.contract import stated_values
 from tuneloop.data.io.formats import sample_to_dict
 from tuneloop.records import Lineage, Meta, QuarantinedRow, Sample
 
@@ -192,13 +193,18 @@ def numbers_stated(*fields: str) -> VerifyRule:
 
 
 def refusal_matches(refusal: Any) -> VerifyRule:
-    """Rows that must be refused answer exactly the refusal; rows that must be answered never do."""
+    """Rows that must be refused answer exactly the refusal; rows that must be answered are never a refusal.
+
+    "A refusal" is the one rule eval scores by (`tuneloop.answers.is_refusal`, with `refusal` as the task's
+    refusal form), so no generated must-answer row is one that eval would count as refused.
+    """
+    form = refusal if isinstance(refusal, dict) else None
 
     def rule(sample: Sample, answer: Any) -> str | None:
         if sample.expected == "refuse" and answer != refusal:
             return "expected=refuse but the answer is not the task's refusal"
-        if sample.expected == "answer" and answer == refusal:
-            return "expected=answer but the answer is the task's refusal"
+        if sample.expected == "answer" and (answer == refusal or is_refusal(sample.output, form=form)):
+            return "expected=answer but the answer is a refusal"
         return None
 
     return rule
@@ -219,10 +225,7 @@ class Verifier:
         if self.schema is not None:
             if not ok:
                 return ["the answer is not valid JSON"]
-            import jsonschema
-
-            validator = jsonschema.Draft202012Validator(self.schema)
-            reasons += [f"schema: {'/'.join(map(str, e.absolute_path)) or '$'}: {e.message}" for e in validator.iter_errors(answer)]
+            reasons += [f"schema: {error}" for error in schema_errors(schema_validator(self.schema), answer)]
         for rule in self.rules:
             reason = rule(sample, answer)
             if reason:

@@ -31,10 +31,19 @@ import numpy as np
 SEPARATOR = "\x00"
 # what str.split() treats as whitespace and NFKC leaves alone (NFKC maps U+00A0, U+2000-200A, U+3000 … to " ")
 _OTHER_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\u1680\u2028\u2029"
-# CJK ideographs, kana, hangul, compatibility ideographs and the supplementary ideograph planes
-_CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
-               (0x20000, 0x2FFFF))
-_CJK_CHAR = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _CJK_RANGES) + "]")
+# The one definition of a CJK character; every CJK test (`is_cjk`, `cjk_mask`, token estimates, a text's language)
+# uses it. Han: CJK ideographs, extension A, compatibility ideographs, the supplementary ideograph planes.
+_HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF))
+_CJK_RANGES = ((0x3040, 0x30FF), *_HAN_RANGES, (0xAC00, 0xD7AF))  # kana, Han, hangul
+
+
+def _char_class(ranges: Sequence[tuple[int, int]]) -> str:
+    return "".join(f"{chr(a)}-{chr(b)}" for a, b in ranges)
+
+
+CJK_CHARS = _char_class(_CJK_RANGES)  # the inside of a regular expression's [...]
+_CJK_CHAR = re.compile(f"[{CJK_CHARS}]")
+HAN_CHAR = re.compile(f"[{_char_class(_HAN_RANGES)}]")  # a Chinese character (kana and hangul are not)
 CJK_SHARE = 0.3
 _U64 = np.uint64
 _PRIME = _U64(0x100000001B3)

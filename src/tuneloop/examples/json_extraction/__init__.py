@@ -6,8 +6,8 @@ output  {"intent": "refund", "product": "wireless earbuds", "order_id": "K482913
 refusal {"intent": "out_of_scope", "product": null, "order_id": null, "urgency": null, "refund_amount": null}
 ```
 
-The refusal is itself a valid answer of the schema (its `x-refusal`), so every answer validates; `is_refusal` is the
-predicate eval uses to score must-refuse samples.
+The refusal is itself a valid answer of the schema (its `x-refusal`), so every answer validates; eval, serving and
+the verifier recognize it with `tuneloop.answers.is_refusal(text, form=REFUSAL)` (intent out_of_scope).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from tuneloop.data.create.contract import parse_json
+from tuneloop.answers import parse_json
 from tuneloop.data.create.corner_cases import CornerCasePack
 from tuneloop.data.create.synth import Generator, SynthSpec, Verifier, grounded, numbers_stated, refusal_matches
 from tuneloop.examples.json_extraction.templates import ALL_TEMPLATES, REFUSAL, SLOTS
@@ -32,7 +32,7 @@ MAX_ANSWER_CHARS = 160
 MAX_INPUT_CHARS = 600
 META = {"task_type": "extraction", "domain": "e-commerce support", "version": "demo-1"}
 
-__all__ = ["INSTRUCTION", "KEYS", "REFUSAL", "SYSTEM", "is_refusal", "schema", "schema_text", "synth_spec"]
+__all__ = ["INSTRUCTION", "KEYS", "REFUSAL", "SYSTEM", "schema", "schema_text", "synth_spec"]
 
 
 def schema_text() -> str:
@@ -47,13 +47,6 @@ def _schema() -> str:
 def schema() -> dict[str, Any]:
     """The ticket JSON Schema (a fresh copy each call)."""
     return json.loads(_schema())
-
-
-def is_refusal(answer: str | dict[str, Any] | None) -> bool:
-    """Whether an answer (text or parsed) is the task's refusal: intent out_of_scope."""
-    if isinstance(answer, str):
-        _, answer = parse_json(answer)
-    return isinstance(answer, dict) and answer.get("intent") == REFUSAL["intent"]
 
 
 def _shape_check(sample: Sample) -> list[str]:
