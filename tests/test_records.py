@@ -74,3 +74,26 @@ def test_to_messages_uses_the_task_system_only_when_the_sample_has_none_and_can_
         {"role": "user", "content": "Extract"},
     ]
     assert to_messages(Sample(system="own", instruction="q", output="a"), default_system="task")[0]["content"] == "own"
+
+
+def test_the_prompt_key_text_is_everything_read_before_the_answer_one_part_per_line():
+    plain = Sample(instruction="Extract the city", input="I live in Lyon", output="Lyon")
+    assert plain.prompt_key_text == plain.prompt == "Extract the city\nI live in Lyon"
+    chat = Sample(system="Only JSON.", history=[["hi", "hello"], ["and?", "yes"]], instruction="Go", output="x")
+    assert chat.history_text == "hi\nhello\nand?\nyes"
+    assert chat.prompt_key_text == "Only JSON.\nhi\nhello\nand?\nyes\nGo"
+    assert Sample(system="S", instruction="", input="only input", output="x").prompt_key_text == "S\nonly input"
+
+
+def test_quality_ranks_reviewed_over_annotated_over_original_over_augmented():
+    ranks = [Sample(instruction="q", output="a", meta={"reviewer": "rea", "annotator": "ana"}),
+             Sample(instruction="q", output="a", meta={"annotator": "ana"}),
+             Sample(instruction="q", output="a"),
+             Sample(instruction="q", output="a", lineage={"augment_type": "tone"})]
+    assert [s.quality for s in ranks] == [3, 2, 1, 0]
+
+
+def test_a_user_column_named_like_a_record_helper_is_kept_as_data():
+    sample = Sample.model_validate({"instruction": "q", "output": "a", "quality": 0.9, "prompt_key_text": "theirs"})
+    assert sample.extras == {"quality": 0.9, "prompt_key_text": "theirs"}
+    assert sample_to_dict(sample)["quality"] == 0.9 and sample.quality == 1

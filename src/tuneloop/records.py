@@ -114,6 +114,31 @@ class Sample(BaseModel):
         return join_prompt(self.instruction, self.input)
 
     @property
+    def history_text(self) -> str:
+        """Earlier turns as one text: each turn's user and assistant parts, one per line ("" without history)."""
+        return "\n".join("\n".join(turn) for turn in self.history)
+
+    @property
+    def prompt_key_text(self) -> str:
+        """Everything the model reads before answering: system, earlier turns and the prompt, one per line.
+
+        The record's side of "the same prompt": dedup, split, mix and the length checks compare this text; how it
+        is compared (width, case, whitespace, n-grams) is the gate's `text` normalization, not the record's.
+        """
+        if not self.system and not self.history:
+            return self.prompt
+        return "\n".join(part for part in (self.system, self.history_text, self.prompt) if part)
+
+    @property
+    def quality(self) -> int:
+        """Which copy of a duplicate to keep: reviewed 3 > annotated 2 > original 1 > augmented 0."""
+        if self.meta.reviewer:
+            return 3
+        if self.meta.annotator:
+            return 2
+        return 1 if not self.lineage.augment_type else 0
+
+    @property
     def extras(self) -> dict[str, Any]:
         """Fields the user brought that tuneloop has no name for (kept and written back)."""
         return dict(self.model_extra or {})

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.gate.dedup import prompt_key_text
 from tuneloop.data.io.formats import ReadResult, read_file, read_samples
 from tuneloop.records import QuarantinedRow, Sample
 
@@ -106,7 +105,7 @@ def check_samples(samples: Sequence[Sample], source: str | Sequence[str], lines:
     """Check already-read samples into `result`; `source` is their file, or each sample's file (a folder source)."""
     files = [source] * len(samples) if isinstance(source, str) else list(source)
     validator = schema_validator(schema)
-    prompts = count_tokens([prompt_key_text(s) for s in samples])
+    prompts = count_tokens([s.prompt_key_text for s in samples])
     answers = count_tokens([s.output for s in samples])
     for sample, source, line, prompt_tokens, answer_tokens in zip(samples, files, lines, prompts, answers):
         problems = sample_problems(sample, validator)

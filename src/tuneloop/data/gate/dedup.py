@@ -37,26 +37,9 @@ from tuneloop.records import QuarantinedRow, Sample
 MAX_BUCKET_PAIRS = 64  # a row is paired with at most this many bucket neighbours (bounds huge template buckets)
 
 
-def quality(sample: Sample) -> int:
-    """Which copy of a duplicate to keep: reviewed 3 > annotated 2 > original 1 > augmented 0."""
-    if sample.meta.reviewer:
-        return 3
-    if sample.meta.annotator:
-        return 2
-    return 1 if not sample.lineage.augment_type else 0
-
-
-def prompt_key_text(sample: Sample) -> str:
-    """Everything the model reads before answering: system, earlier turns and the prompt."""
-    if not sample.system and not sample.history:
-        return sample.prompt
-    history = "\n".join("\n".join(turn) for turn in sample.history)
-    return "\n".join(part for part in (sample.system, history, sample.prompt) if part)
-
-
 def normalized_fields(samples: Sequence[Sample]) -> tuple[list[str], list[str]]:
     """Normalized prompt side and answer side of every sample."""
-    return normalize_many([prompt_key_text(s) for s in samples]), normalize_many([s.output for s in samples])
+    return normalize_many([s.prompt_key_text for s in samples]), normalize_many([s.output for s in samples])
 
 
 def _canonical(value: Any) -> Any:
@@ -324,7 +307,7 @@ def _keep_best(samples: Sequence[Sample], labels: np.ndarray, conflicted: np.nda
     drop: set[int] = set()
     result = DedupResult(kept=[])
     for cluster in _groups_of(labels, in_cluster).values():
-        best = max(cluster, key=lambda i: (quality(samples[i]), -i))
+        best = max(cluster, key=lambda i: (samples[i].quality, -i))
         kinds = set()
         for index in cluster:
             if index == best:

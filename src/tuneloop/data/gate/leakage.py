@@ -209,8 +209,7 @@ def _overlaps(rows: list[Sample], is_eval: np.ndarray | None, config: LeakageCon
 
     # each prompt field is its own text (a window straddling a fixed instruction and its input is no evidence);
     # the whole prompt is the normalized fields joined, as `normalize` would join them
-    fields = [[s.system, "\n".join("\n".join(turn) for turn in s.history) if s.history else "", s.instruction, s.input]
-              for s in rows]
+    fields = [[s.system, s.history_text, s.instruction, s.input] for s in rows]
     prompt_parts = normalize_many([part for parts in fields for part in parts])
     prompts = [" ".join(filter(None, prompt_parts[k:k + 4])) for k in range(0, len(prompt_parts), 4)]
     outputs = normalize_many([s.output for s in rows])

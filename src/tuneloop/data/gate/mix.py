@@ -17,7 +17,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tuneloop.data.gate.dedup import prompt_key_text, quality
 from tuneloop.data.gate.text import normalize_many
 from tuneloop.records import SAMPLE_TYPES, Sample
 
@@ -84,7 +83,7 @@ class MixResult:
 
 def pair_negatives(samples: Sequence[Sample]) -> tuple[list[Sample], int]:
     """Copies of the rows where each golden row with a negative twin carries the twin's answer as `rejected`."""
-    prompts = normalize_many([prompt_key_text(s) for s in samples])
+    prompts = normalize_many([s.prompt_key_text for s in samples])
     negatives_by_seed: dict[str, Sample] = {}
     negatives_by_prompt: dict[str, Sample] = {}
     for sample, prompt in zip(samples, prompts):
@@ -114,7 +113,7 @@ def mix(train: Sequence[Sample], target: Mapping[str, float], max_drop: float = 
     chosen: set[int] = set()
     dropped = []
     for kind, rows in by_type.items():
-        ranked = sorted(rows, key=lambda s: (-quality(s), hashlib.sha256(f"{seed}:{s.id}".encode()).hexdigest()))
+        ranked = sorted(rows, key=lambda s: (-s.quality, hashlib.sha256(f"{seed}:{s.id}".encode()).hexdigest()))
         chosen.update(id(s) for s in ranked[:keep[kind]])
         dropped.extend(ranked[keep[kind]:])
     kept = [s for s in train if id(s) in chosen]

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tuneloop import html
+from tuneloop.data.gate.run import COUNT_IDENTITY, GateRun
 from tuneloop.files import tree_digest
 from tuneloop.project import DataConfig
-
-if TYPE_CHECKING:
-    from tuneloop.data.gate.round import GateRun
 
 REPORT_ROWS = 2000  # rows per report table; the manifest lists everything
 
@@ -52,8 +50,6 @@ def build_manifest(run: GateRun, counts: dict[str, int], failures: list[str], co
 
 def count_identity(counts: dict[str, int]) -> str:
     """The identity every round's counts obey, with the numbers: `rows_in = accepted + … = N`."""
-    from tuneloop.data.gate.round import COUNT_IDENTITY
-
     names = COUNT_IDENTITY.split(" = ")[1].split(" + ")
     return (f"{COUNT_IDENTITY}: {counts['rows_in']} = " + " + ".join(str(counts[n]) for n in names)
             + f" (accepted = train + val + test - carried_over; removed = duplicates_removed + mix_dropped)")

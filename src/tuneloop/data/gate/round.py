@@ -30,12 +30,14 @@ from typing import Any
 from tuneloop.data.gate.checks import CheckResult, TokenCounter, approximate_tokens, check_sources, tokenizer_counter
 import numpy as np
 
-from tuneloop.data.gate.dedup import DedupResult, dedup
+from tuneloop.data.gate.dedup import dedup
 from tuneloop.data.io.formats import write_quarantine, write_samples
-from tuneloop.data.gate.leakage import LeakageReport, find_leaks, overlap_pairs
-from tuneloop.data.gate.mix import MixResult, mix
+from tuneloop.data.gate.leakage import find_leaks, overlap_pairs
+from tuneloop.data.gate.mix import mix
 from tuneloop.data.gate.pii import Redactor, recognizers, scan_value
-from tuneloop.data.gate.split import FrozenSplits, SplitResult, split_samples
+from tuneloop.data.gate.report import build_manifest, build_report
+from tuneloop.data.gate.run import COUNT_IDENTITY, GateRun
+from tuneloop.data.gate.split import FrozenSplits, split_samples
 from tuneloop.files import atomic_dir, file_digest, write_json, write_text
 from tuneloop.project import DataConfig, Project
 from tuneloop.records import QuarantinedRow
@@ -45,7 +47,6 @@ IDENTIFIER_KEYS = frozenset({"id", "sample_id", "source_id", "parent_id", "kept_
                              "members", "kept", "content_hash", "old_hash", "new_hash", "sha256", "source_file",
                              "path", "round", "previous_round", "mix_dropped", "over_length", "frozen",
                              "conflicts_with"})
-COUNT_IDENTITY = "rows_in = accepted + quarantined + removed + sent_to_review"
 
 
 class GateError(RuntimeError):
@@ -63,22 +64,6 @@ class GateResult:
     @property
     def report(self) -> Path:
         return self.round_dir / "report.html"
-
-
-@dataclass
-class GateRun:
-    """Everything one gate run found, for the manifest and the report."""
-
-    check: CheckResult
-    pii: dict[str, int]
-    dedup: DedupResult
-    split: SplitResult
-    leakage: LeakageReport
-    mix: MixResult
-    quarantine: list[QuarantinedRow]
-    review: list[QuarantinedRow]  # label conflicts: every row of each, for a person to decide
-    token_source: str
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def project_token_counter(project: Project) -> tuple[TokenCounter, str]:
@@ -242,8 +227,6 @@ def failures_of(run: GateRun, counts: dict[str, int], config: DataConfig) -> lis
 def gate(pairs: Sequence[tuple], rounds_dir: Path, config: DataConfig, schema: dict[str, Any] | None,
          count_tokens: TokenCounter, token_source: str, max_tokens: int | None, progress: bool = False) -> GateResult:
     """Run the gate and write the round folder atomically."""
-    from tuneloop.data.gate.report import build_manifest, build_report
-
     rounds_dir = Path(rounds_dir)
     _remove_stale_staging(rounds_dir)
     existing = round_dirs(rounds_dir)

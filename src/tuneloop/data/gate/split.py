@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.data.gate.dedup import answer_keys, clusters_of, prompt_key_text
+from tuneloop.data.gate.dedup import answer_keys, clusters_of
 from tuneloop.data.io.formats import load_samples
 from tuneloop.data.gate.text import normalize_many, text_hash
 from tuneloop.project import SplitConfig
@@ -48,7 +48,7 @@ def group_value(sample: Sample, path: str) -> str:
 
 
 def prompt_hashes(samples: Sequence[Sample]) -> list[str]:
-    return [text_hash(p) for p in normalize_many([prompt_key_text(s) for s in samples])]
+    return [text_hash(p) for p in normalize_many([s.prompt_key_text for s in samples])]
 
 
 @dataclass

@@ -26,9 +26,10 @@ import io
 import json
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tuneloop.data.io.conversation import type_name
 from tuneloop.data.io.recovery import at_row_indent, csv_pieces, damaged_row_group, json_pieces, skip_space
@@ -50,47 +51,65 @@ class RawRow:
     value: dict[str, Any]
 
 
-def read_text(path: Path) -> str:
+def decode_text(data: bytes) -> str:
     """A text file's characters: UTF-8 (BOM or not), or UTF-16/32 after their BOM; bad bytes kept as surrogates."""
-    data = path.read_bytes()
     for mark, codec in WIDE_BOMS:
         if data.startswith(mark):
             return data[len(mark):].decode(codec, errors="surrogateescape")
     return data.removeprefix(BOM).decode("utf-8", errors="surrogateescape")
 
 
-def _head(path: Path) -> str:
-    with open(path, "rb") as handle:
-        data = handle.read(4096)
+def _kind_by_name(path: Path) -> str | None:
+    return {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower())
+
+
+def _kind_by_head(path: Path, data: bytes) -> str:
+    """json | jsonl from a file's first bytes: a file starting with `[` is a JSON array whatever its name; a `.json`
+    file starting with `{` is a JSON document (an object holding a list of rows, one row, or JSONL under that name)."""
     for mark, codec in WIDE_BOMS:
         if data.startswith(mark):
-            return data[len(mark):len(mark) + 2048].decode(codec, errors="ignore").lstrip()
-    return data.removeprefix(BOM).decode("utf-8", errors="ignore").lstrip()
+            head = data[len(mark):len(mark) + 2048].decode(codec, errors="ignore").lstrip()
+            break
+    else:
+        head = data.removeprefix(BOM).decode("utf-8", errors="ignore").lstrip()
+    return "json" if head.startswith("[") or (path.suffix.lower() == ".json" and head.startswith("{")) else "jsonl"
 
 
-def container_of(path: str | Path) -> str:
-    """jsonl | json | csv | parquet, from the file name, and for .json files from the first character.
+Rows = Iterator[RawRow | QuarantinedRow]
 
-    A file starting with `[` is a JSON array whatever its name; a `.json` file starting with `{` is a JSON document
-    (an object holding a list of rows, one row, or JSONL under a .json name).
+
+@contextmanager
+def opened_rows(path: str | Path, stage: str, container: str | None = None) -> Iterator[tuple[str, Rows]]:
+    """(file kind, rows) of a file opened once: the kind comes from the name, else from the first bytes of the same
+    open handle, and the rows are read from that handle (Parquet: through one `ParquetFile`, pyarrow's own open).
+
+    ```
+    path ─▶ .csv/.tsv/.parquet/.pq: kind by name ─┐
+         └▶ open once ─▶ first 4 KiB: '[' json, '{' in .json json, else jsonl ─┴▶ kind, rows (read once)
+    ```
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return "csv"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    head = _head(path)
-    return "json" if head.startswith("[") or (suffix == ".json" and head.startswith("{")) else "jsonl"
-
-
-def iter_rows(path: str | Path, stage: str, container: str | None = None) -> Iterator[RawRow | QuarantinedRow]:
-    """Every row of a file as a `RawRow` (a JSON object) or a `QuarantinedRow` saying why it is not one."""
-    container = container or container_of(path)
-    readers = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}
-    if container not in readers:
+    if container is not None and container not in CONTAINERS:
         raise ValueError(f"unknown file kind '{container}'; use one of {', '.join(CONTAINERS)}")
-    yield from readers[container](Path(path), stage)
+    kind = container or _kind_by_name(path)
+    if kind == "parquet":
+        yield kind, _parquet_rows(path, stage)
+        return
+    with open(path, "rb") as handle:
+        if kind is None:
+            kind = _kind_by_head(path, handle.read(4096))
+            handle.seek(0)
+        if kind == "jsonl":
+            yield kind, _jsonl_rows(path, stage, _utf8_lines(handle))
+        else:
+            text = decode_text(handle.read())
+            yield kind, (_json_rows if kind == "json" else _csv_rows)(path, stage, text)
+
+
+def iter_rows(path: str | Path, stage: str, container: str | None = None) -> Rows:
+    """Every row of a file as a `RawRow` (a JSON object) or a `QuarantinedRow` saying why it is not one."""
+    with opened_rows(path, stage, container) as (_, rows):
+        yield from rows
 
 
 def _bad(path: Path, line: int | None, stage: str, reason: str, raw: Any = None) -> QuarantinedRow:
@@ -127,20 +146,24 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _utf8_lines(path: Path) -> Iterator[bytes]:
+def _utf8_lines(handle: BinaryIO) -> Iterator[bytes]:
     """The file's lines as UTF-8 bytes: streamed when it is UTF-8, converted whole when it has a UTF-16/32 BOM."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-        handle.seek(0)
-        if not any(head.startswith(mark) for mark, _ in WIDE_BOMS):
-            yield from handle
-            return
-    yield from io.BytesIO(read_text(path).encode("utf-8", "surrogateescape"))
+    head = handle.read(4)
+    handle.seek(0)
+    if not any(head.startswith(mark) for mark, _ in WIDE_BOMS):
+        yield from handle
+        return
+    yield from _text_lines(decode_text(handle.read()))
 
 
-def _jsonl_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
+def _text_lines(text: str) -> io.BytesIO:
+    """Decoded text back as the UTF-8 lines `_jsonl_rows` reads (the surrogates give back the bad bytes)."""
+    return io.BytesIO(text.encode("utf-8", "surrogateescape"))
+
+
+def _jsonl_rows(path: Path, stage: str, lines: Iterable[bytes]) -> Iterator[RawRow | QuarantinedRow]:
     decoder = _Decoder()
-    for number, raw_line in enumerate(_utf8_lines(path), start=1):
+    for number, raw_line in enumerate(lines, start=1):
         raw_line = raw_line.removeprefix(BOM)  # a BOM also turns up mid-file where files were concatenated
         try:
             line = raw_line.decode("utf-8")
@@ -175,8 +198,7 @@ class _Lines:
         return self.newlines + 1
 
 
-def _json_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
-    text = read_text(path)
+def _json_rows(path: Path, stage: str, text: str) -> Iterator[RawRow | QuarantinedRow]:
     start = skip_space(text, 0)
     if text.startswith("[", start):
         yield from _array_rows(path, stage, text, start)
@@ -193,7 +215,7 @@ def _document_rows(path: Path, stage: str, text: str, start: int) -> Iterator[Ra
         decoder = _Decoder()
         document = decoder.decode(text)
     except json.JSONDecodeError:  # several values (JSONL named .json) or a broken object: read it line by line
-        yield from _jsonl_rows(path, stage)
+        yield from _jsonl_rows(path, stage, _text_lines(text))
         return
     lists = [key for key, value in document.items()
              if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)]
@@ -292,9 +314,8 @@ def _pieces(path: Path, stage: str, text: str, pieces: Iterable[tuple[int, str, 
         yield _bad(path, lines.at(position), stage, reason, _printable(raw) if raw else None)
 
 
-def _csv_rows(path: Path, stage: str) -> Iterator[RawRow | QuarantinedRow]:
+def _csv_rows(path: Path, stage: str, text: str) -> Iterator[RawRow | QuarantinedRow]:
     """CSV records, strictly parsed: a malformed quote quarantines its record, an unclosed one every line after it."""
-    text = read_text(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # long documents in a cell; the module default is 128 KiB

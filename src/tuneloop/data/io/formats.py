@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuneloop.data.io.containers import RawRow, container_of, iter_rows
+from tuneloop.data.io.containers import RawRow, iter_rows, opened_rows
 from tuneloop.data.io.conversation import RowError
 from tuneloop.data.io.openai_chat import openai_to_sample, sample_to_openai
 from tuneloop.data.io.shapes import (
@@ -133,24 +133,28 @@ def read_file(path: str | Path, format: str = "auto", columns: Columns = Columns
         shape = shape or detect_shape(row, columns)
         return row_to_sample(row, shape, columns, tags, ranking, source)
 
-    container = format if format in ("csv", "parquet") else None
-    return collect(path, iter_rows(path, stage, container=container), convert, stage)
+    with opened_rows(path, stage, container=format if format in ("csv", "parquet") else None) as (_, rows):
+        return collect(path, rows, convert, stage)
 
 
 def read_samples(path: str | Path, stage: str = "read") -> ReadResult:
-    """Samples from a tuneloop JSONL file, or from any format `read_file` knows (detected from name and rows)."""
-    path = Path(path)
-    container = container_of(path)
-    if container == "jsonl" and _first_row_shape(path) == "alpaca":
-        return read_jsonl(path, stage=stage)
-    return read_file(path, "auto", stage=stage)
+    """Samples from a tuneloop JSONL file, or from any format `read_file` knows (detected from name and rows).
 
+    One pass: the file is opened once and its rows read once; the row shape comes from the first good row of that
+    pass. Alpaca rows in JSONL are tuneloop's own samples (every field by its name, as `read_jsonl` reads them);
+    any other shape or file kind is converted as `read_file` converts it.
+    """
+    shape: str | None = None
+    with opened_rows(path, stage) as (container, rows):
 
-def _first_row_shape(path: Path) -> str:
-    for item in iter_rows(path, "read", container="jsonl"):
-        if not isinstance(item, QuarantinedRow):
-            return detect_shape(item.value)
-    return "alpaca"
+        def convert(row: dict[str, Any]) -> Sample:
+            nonlocal shape
+            if shape is None:  # decided once, on the first good row
+                shape = detect_shape(row)
+                shape = "tuneloop" if container == "jsonl" and shape == "alpaca" else shape
+            return Sample.model_validate(row) if shape == "tuneloop" else row_to_sample(row, shape)
+
+        return collect(path, rows, convert, stage)
 
 
 def load_samples(path: str | Path) -> list[Sample]:
