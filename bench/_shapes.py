@@ -63,3 +63,16 @@ def work_folder(path: str | None, prefix: str) -> Path:
     folder = Path(path or tempfile.mkdtemp(prefix=prefix))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def parameter_count(shape: str, method: str = "full") -> tuple[int, int]:
+    """(parameters, of which the matmul N of the 6N/4N FLOP rule): the input embedding is a lookup, not a
+    product, so it is left out of N unless tied to the LM head. Counted on the meta device: nothing allocated."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(qwen_config(shape))
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    return total, total if SHAPES[shape]["tie_word_embeddings"] else total - embedding

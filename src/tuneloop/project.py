@@ -120,6 +120,10 @@ class TrainConfig(Section):
     oscillation_evals: int = Field(4, description="Evaluations of oscillating val loss before suggesting 5e-5.")
     seed: int = Field(42, description="Seed for data order and initialisation.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    engine: Literal["tuneloop", "trl"] = Field("tuneloop", description="tuneloop's own SFT step, or TRL's SFTTrainer "
+                                               "(the reference; multi-GPU runs use TRL).")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the decoder layers "
+                                                  "(auto: on a GPU with flex_attention, off on CPU).")
 
 
 class EvalGate(Section):

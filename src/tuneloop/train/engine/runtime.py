@@ -100,6 +100,7 @@ def document_mask(batch: MicroBatch):
         return (docs[q] == docs[kv]) & (q >= kv)
 
     length = docs.shape[0]
+    # eager construction: the compiled one (`_compile=True`) was measured no faster (56.6k vs 60.7k tokens/s, 0.5B)
     return create_block_mask(same_document_causal, None, None, length, length, device=docs.device)
 
 

@@ -118,13 +118,14 @@ class SFTEngine:
             loss_total += loss_sum.detach()
             correct_total += correct
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
+        learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step used, as the Trainer logs it
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.tokens_seen += sum(b.tokens for b in batches)
         loss, norm, correct = torch.stack([loss_total / answers, grad_norm.float().to(loss_total.device),
                                            correct_total.float() / answers]).tolist()  # the step's one sync
-        return {"loss": loss, "grad_norm": norm, "learning_rate": self.scheduler.get_last_lr()[0],
+        return {"loss": loss, "grad_norm": norm, "learning_rate": learning_rate,
                 "mean_token_accuracy": correct, "num_tokens": float(self.state.tokens_seen)}
 
     @torch.no_grad()
