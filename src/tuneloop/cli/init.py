@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from pathlib import Path
 
@@ -25,12 +24,12 @@ def init(
 
     Example: tuneloop init demo --example json-extraction && cd demo && tuneloop run
     """
-    from tuneloop.examples import EXAMPLES
+    from tuneloop.examples import UnknownExample, init_example
 
-    if example not in EXAMPLES:
-        raise UserError(f"--example {example!r}: no such example; choose from {sorted(EXAMPLES)}.")
-    module = importlib.import_module(EXAMPLES[example])
-    built = module.init_project(directory, size=size, seed=seed, force=force)
+    try:
+        built = init_example(directory, example, size=size, seed=seed, force=force)
+    except UnknownExample as err:
+        raise UserError(str(err)) from None
     mix = Counter(row.sample_type for row in built.rows)
     console.print(f"wrote {directory}/ with {len(built.rows)} rows ({len(built.seeds)} seeds + clone variants): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(mix.items())))
