@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.answers import schema_problem, schema_validator
+from tuneloop.data.gate.text import CJK_CHARS
 from tuneloop.data.io.formats import ReadResult, read_file, read_samples
 from tuneloop.records import QuarantinedRow, Sample
 
 TokenCounter = Callable[[list[str]], list[int]]
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+")
+_TOKEN = re.compile(f"[{CJK_CHARS}]|[^\\s{CJK_CHARS}]+")
 
 
 def approximate_tokens(texts: list[str]) -> list[int]:
@@ -43,16 +45,6 @@ def tokenizer_counter(tokenizer: Any) -> TokenCounter:
     return count
 
 
-def schema_validator(schema: dict[str, Any] | None) -> Any:
-    if schema is None:
-        return None
-    from jsonschema.validators import validator_for
-
-    cls = validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
 def sample_problems(sample: Sample, validator: Any = None) -> list[str]:
     """Why a row cannot be used (empty when it can)."""
     problems = []
@@ -69,10 +61,9 @@ def sample_problems(sample: Sample, validator: Any = None) -> list[str]:
         except json.JSONDecodeError as err:
             problems.append(f"output is not valid JSON ({err.msg} at column {err.colno}); this is a JSON task")
         else:
-            error = next(iter(validator.iter_errors(answer)), None)
-            if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                problems.append(f"output does not match the task schema at {where}: {error.message}")
+            problem = schema_problem(validator, answer)
+            if problem is not None:
+                problems.append(f"output does not match the task schema at {problem}")
     return problems
 
 
