@@ -1,6 +1,6 @@
 """Per-token cost of xgrammar-constrained JSON decoding versus free decoding in the embedded server's engine.
 
-Runs the embedded default (SmolLM2-135M-Instruct) on CPU through `tuneloop.serve.generation.Engine`, one request
+Runs the embedded default (SmolLM2-135M-Instruct) on CPU through `tuneloop.decoding.engine.Engine`, one request
 at a time, greedy, on the same prompts for both arms:
 
 ```
@@ -55,12 +55,13 @@ def main() -> None:
     import torch
 
     from tuneloop.models import load_causal_lm
-    from tuneloop.serve.generation import Engine, GenerationRequest
+    from tuneloop.decoding.engine import Engine, GenerationRequest
+    from tuneloop.train.templates import prompt_ids
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_causal_lm(args.model, dtype=torch.float32, device="cpu")
     engine = Engine(model, tokenizer)
-    prompts = [engine.encode_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}])
+    prompts = [prompt_ids(tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}])
                for p in PROMPTS]
     response_format = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": SCHEMA}}
 

@@ -15,8 +15,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuneloop.serve.generation import Engine, GenerationRequest
-from tuneloop.serve.grammar import Budget, Grammars
+from tuneloop.decoding.engine import Engine, GenerationRequest
+from tuneloop.decoding.grammar import Budget, Grammars
+from tuneloop.train.templates import prompt_ids
 
 SCHEMAS = [
     {"type": "object", "properties": {
@@ -95,13 +96,13 @@ def test_closing_inside_a_string_ends_the_string_before_writing_anything(engine)
 
 
 def test_min_tokens_keeps_free_text_going_past_stop_tokens(engine):
-    prompt = engine.encode_chat([{"role": "user", "content": "hi"}])
+    prompt = prompt_ids(engine.tokenizer, [{"role": "user", "content": "hi"}])
     result = engine.generate([GenerationRequest(prompt, max_tokens=24, min_tokens=24, temperature=0)])[0]
     assert result.completion_tokens == 24 and result.finish_reason == "length"
 
 
 def test_constrained_and_free_rows_share_a_batch(engine):
-    prompt = engine.encode_chat([{"role": "user", "content": "ticket"}])
+    prompt = prompt_ids(engine.tokenizer, [{"role": "user", "content": "ticket"}])
     fmt = {"type": "json_schema", "json_schema": {"schema": SCHEMAS[1]}}
     results = engine.generate([GenerationRequest(prompt, max_tokens=12, temperature=1.0, seed=1),
                                GenerationRequest(prompt, max_tokens=80, temperature=1.0, seed=2, response_format=fmt),
@@ -116,7 +117,7 @@ def test_constrained_eval_decodes_with_the_serving_engine_and_never_cuts_an_answ
     every answer closes and validates (its own xgrammar processor used to cut them at max_new_tokens)."""
     from tuneloop.eval.backends import LocalBackend, ServedConstraint, schema_constraint
     from tuneloop.models import load_causal_lm
-    from tuneloop.serve.grammar import ResponseFormatError
+    from tuneloop.decoding.grammar import ResponseFormatError
 
     model, tokenizer = load_causal_lm(str(tiny_model_dir), dtype=torch.float32, device="cpu")
     schema = SCHEMAS[1]

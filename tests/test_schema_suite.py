@@ -18,7 +18,7 @@ import pytest
 import xgrammar as xgr
 from typer.testing import CliRunner
 
-from tuneloop.serve.coverage import schema_coverage
+from tuneloop.decoding.coverage import schema_coverage
 
 SUITE = Path(__file__).parent / "fixtures" / "json-schema-test-suite" / "draft2020-12"
 
@@ -44,7 +44,7 @@ def _accepts(compiled: xgr.CompiledGrammar, value) -> bool:
 @pytest.fixture(scope="module")
 def grammars(tiny_model_dir):
     from tuneloop.models import load_causal_lm
-    from tuneloop.serve.generation import Engine
+    from tuneloop.decoding.engine import Engine
 
     model, tokenizer = load_causal_lm(str(tiny_model_dir), device="cpu")
     return Engine(model, tokenizer).grammars

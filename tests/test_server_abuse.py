@@ -243,11 +243,12 @@ def test_a_full_queue_answers_429_with_retry_after(tiny_model_dir, tmp_path):
 
 def test_a_schema_that_does_not_compile_fails_only_its_own_request_in_a_batch(server):
     _, _, app = server
-    from tuneloop.serve.generation import GenerationRequest
-    from tuneloop.serve.grammar import ResponseFormatError
+    from tuneloop.decoding.engine import GenerationRequest
+    from tuneloop.decoding.grammar import ResponseFormatError
+    from tuneloop.train.templates import prompt_ids
 
     engine, batcher = app.state.engine, app.state.batcher
-    prompt = engine.encode_chat([{"role": "user", "content": "x"}])
+    prompt = prompt_ids(engine.tokenizer, [{"role": "user", "content": "x"}])
     bad = {"type": "json_schema", "json_schema": {"schema": {"type": "array", "items": {"type": "integer"},
                                                              "minItems": 3, "maxItems": 1}}}
     good = {"type": "json_schema", "json_schema": {"schema": GOOD_SCHEMA}}

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tuneloop.train.templates import prompt_text
+
 Progress = Callable[[int], None]
 
 
@@ -69,7 +71,7 @@ class LocalBackend:
 
     def render(self, messages: list[dict[str, str]]) -> str:
         """The chat template applied the way training renders it, with the assistant turn opened."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt_text(self.tokenizer, messages)
 
     def generate(self, prompts: Sequence[str], logits_processor_factory: Callable[[], Any] | ServedConstraint | None = None,
                  progress: Progress | None = None) -> list[Generation]:
@@ -118,9 +120,9 @@ class LocalBackend:
     def _generate_served(self, prompts: Sequence[str], constraint: ServedConstraint,
                          progress: Progress | None) -> list[Generation]:
         """Constrained answers through the serving engine, batch by batch; a broken answer carries an error."""
-        from tuneloop.serve.generation import GenerationRequest
-        from tuneloop.serve.grammar import ResponseFormatError
-        from tuneloop.serve.outcome import constrained_failure, judge_output
+        from tuneloop.decoding.engine import GenerationRequest  # torch and xgrammar only when constraining
+        from tuneloop.decoding.grammar import ResponseFormatError
+        from tuneloop.decoding.validity import answer_validity, constrained_failure
 
         engine = constraint.engine
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -137,7 +139,7 @@ class LocalBackend:
             answers = engine.run(rows)
             elapsed_ms = (time.perf_counter() - started) * 1000
             for index, answer in zip(batch, answers):
-                broken = constrained_failure(answer.finish_reason, judge_output(answer.text, constraint.response_format),
+                broken = constrained_failure(answer.finish_reason, answer_validity(answer.text, constraint.response_format),
                                              constraint.response_format)
                 results[index] = Generation(
                     text=answer.text, finish_reason="schema_invalid" if broken else answer.finish_reason,
@@ -159,10 +161,10 @@ def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
 
 @dataclass
 class ServedConstraint:
-    """Schema-constrained decoding exactly as `tuneloop serve` does it: the serving engine's grammar, its
+    """Schema-constrained decoding exactly as the embedded server does it: the one decoder's grammar, its
     closing budget (answers close within max_new_tokens) and its validation after generation."""
 
-    engine: Any  # tuneloop.serve.generation.Engine
+    engine: Any  # tuneloop.decoding.engine.Engine
     response_format: dict[str, Any]
 
 
@@ -170,10 +172,10 @@ def schema_constraint(model: Any, tokenizer: Any, schema: dict[str, Any]) -> Ser
     """The serving engine's constrained decoder for `schema`, for `LocalBackend.generate`.
 
     The schema is checked first, as the server checks it: a keyword the engine cannot enforce stops the eval with
-    an error that names it (see `tuneloop serve --check-schema`), instead of measuring an unenforced constraint.
+    an error that names it (see the CLI's `serve --check-schema`), instead of measuring an unenforced constraint.
     """
-    from tuneloop.serve.generation import Engine  # one constrained decoder: eval measures what is served
-    from tuneloop.serve.grammar import check_response_format
+    from tuneloop.decoding.engine import Engine  # one constrained decoder: eval measures what is served
+    from tuneloop.decoding.grammar import check_response_format
 
     response_format = json_schema_format(schema)
     check_response_format(response_format)

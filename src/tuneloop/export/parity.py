@@ -2,24 +2,25 @@
 
 ```
 training   encode_sample(training tokenizer, sample)  →  [ prompt ids (labels -100) | answer | eot ]
-serving    exported tokenizer.apply_chat_template(to_messages(sample, with_answer=False),
-                                                  add_generation_prompt=True)  →  [ prompt ids ]
+serving    the messages a client sends for the sample (to_messages, with_answer=False), rendered the way the
+           server renders a request (train.templates.prompt_ids with the exported tokenizer)  →  [ prompt ids ]
 parity     serving ids == the training row's prefix, and the training labels start right after it
 ```
-A window of a long sample is compared with the served rendering of that window's text, which is what the
-row was trained on.
+Both sides call the one renderer (`train.templates`); what parity catches is the exported tokenizer's chat template
+drifting from the training one. A window of a long sample is compared with the served rendering of that window's
+text, which is what the row was trained on.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneloop.records import Sample, to_messages
+from tuneloop.train.templates import prompt_ids, template_sha256
+from tuneloop.train.tokenize import IGNORE, encode_sample
 
-IGNORE = -100
 
 PROBE_SAMPLES = [
     Sample(instruction="Extract the ticket fields as JSON.", input="My order A12345 has not arrived, refund please.",
@@ -58,21 +59,14 @@ class ParityReport:
         return {"passed": self.passed, "checked": self.checked, **asdict(self)}
 
 
-def template_sha256(tokenizer: Any) -> str:
-    return hashlib.sha256((getattr(tokenizer, "chat_template", None) or "").encode("utf-8")).hexdigest()
-
-
 def served_prompt_ids(tokenizer: Any, sample: Sample, default_system: str = "") -> list[int]:
-    rendered = tokenizer.apply_chat_template(to_messages(sample, default_system, with_answer=False),
-                                             add_generation_prompt=True, tokenize=True)
-    return [int(t) for t in (rendered["input_ids"] if hasattr(rendered, "keys") else rendered)]
+    """The ids a server with this tokenizer gives the request a client sends for `sample`."""
+    return prompt_ids(tokenizer, to_messages(sample, default_system, with_answer=False))
 
 
 def check_template_parity(training_tokenizer: Any, served_tokenizer: Any, samples: list[Sample], max_length: int,
                           default_system: str = "", limit: int = 8) -> ParityReport:
     """Compare training rows and served prompts for up to `limit` samples."""
-    from tuneloop.train.tokenize import encode_sample  # train is a later layer than records, imported when needed
-
     report = ParityReport(template_sha256(training_tokenizer), template_sha256(served_tokenizer))
     for sample in samples[:limit]:
         encoded = encode_sample(training_tokenizer, sample, max_length, default_system)

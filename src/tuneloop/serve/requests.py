@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from tuneloop.serve.grammar import ResponseFormatError, check_response_format
+from tuneloop.decoding.grammar import ResponseFormatError, check_response_format
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MESSAGE_KEYS = {"role", "content", "name"}

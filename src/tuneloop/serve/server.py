@@ -36,11 +36,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from tuneloop.records import Trace
-from tuneloop.serve.generation import BatchingGenerator, Engine, GenerationRequest, GenerationResult, QueueFull
-from tuneloop.serve.grammar import ResponseFormatError
-from tuneloop.serve.outcome import Outcome, constrained_failure, judge_output
+from tuneloop.decoding.engine import Engine, GenerationRequest, GenerationResult
+from tuneloop.decoding.grammar import ResponseFormatError
+from tuneloop.decoding.validity import constrained_failure
+from tuneloop.serve.batching import BatchingGenerator, QueueFull
+from tuneloop.serve.outcome import Outcome, judge_output
 from tuneloop.serve.requests import BadRequest, chat_messages, parse_chat, parse_json_object, read_body
 from tuneloop.traces.store import TraceStore, new_trace_id
+from tuneloop.train import templates
 
 RETRY_AFTER_S = 1
 OPEN_PATHS = ("/health",)  # everything else (the API, /docs, /openapi.json) needs the key when one is set
@@ -145,7 +148,7 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
             max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
             if max_tokens > max_tokens_limit:
                 raise BadRequest(400, f"max_tokens {max_tokens} is over the server's limit of {max_tokens_limit}.")
-            prompt_ids = await asyncio.to_thread(_encode, engine, messages)
+            prompt_ids = await asyncio.to_thread(encode_request, engine, messages)
             if engine.max_positions and len(prompt_ids) + max_tokens > engine.max_positions:
                 raise BadRequest(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
                                       f"model's {engine.max_positions} positions; shorten the prompt or lower max_tokens.")
@@ -207,9 +210,10 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
     return app
 
 
-def _encode(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
+def encode_request(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
+    """A request's prompt ids: its messages (`requests.chat_messages`) through the one renderer training uses."""
     try:
-        return engine.encode_chat(messages)
+        return templates.prompt_ids(engine.tokenizer, messages)
     except Exception as err:  # the model's own chat template refuses this conversation (order of roles, …)
         raise BadRequest(400, f"the model's chat template rejects these messages: {str(err)[:200]}") from None
 

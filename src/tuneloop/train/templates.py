@@ -1,17 +1,30 @@
 """Chat templates: the one rendering of a prompt, and the end-of-turn token the model must learn to emit.
 
-Train, eval and serve all render a sample through `tokenizer.apply_chat_template(to_messages(...))`, so what a
-served model is shown is token for token what it was trained on. `prompt_ids` is that rendering; a template hash
-lets an export or an eval record which template produced its prompts.
+Every stage renders a prompt here, so what a served model is shown is token for token what it was trained on:
+```
+Sample ─to_messages(with_answer=False)─┐
+                                       ├─▶ apply_chat_template(add_generation_prompt=True) ─▶ prompt_text / prompt_ids
+request messages (serve, eval) ────────┘      (up to and including the assistant header)
+```
+train (`tokenize.encode_sample`), export (`parity`, `merge`), serve (`server.encode_request`) and eval
+(`backends.LocalBackend.render`) call `prompt_text` / `prompt_ids`; `export.parity` checks the training rows against
+the serving path. A template hash lets an export or an eval record which template produced its prompts.
+This module imports no pydantic at import time (records only when handed a Sample): eval's backends import it,
+and the GPU benchmark runs them on a bare torch + transformers machine.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from tuneloop.models import CHATML_TEMPLATE
-from tuneloop.records import Sample, to_messages
+
+if TYPE_CHECKING:
+    from tuneloop.records import Sample
+
+Messages = list[dict[str, Any]]
+Prompt = Union["Sample", Messages]  # a sample (rendered without its answer) or chat messages as a client sends them
 
 END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>", "<|endoftext|>")
 
@@ -29,8 +42,14 @@ def ensure_chat_template(tokenizer: Any) -> str:
     return tokenizer.chat_template
 
 
+def template_sha256(tokenizer: Any) -> str:
+    """The sha256 of the tokenizer's chat template (an export's manifest and its parity report record it)."""
+    return hashlib.sha256((getattr(tokenizer, "chat_template", None) or "").encode("utf-8")).hexdigest()
+
+
 def template_hash(tokenizer: Any) -> str:
-    return hashlib.sha256((tokenizer.chat_template or "").encode("utf-8")).hexdigest()[:16]
+    """The short form of `template_sha256` a run card records."""
+    return template_sha256(tokenizer)[:16]
 
 
 def as_ids(rendered: Any) -> list[int]:
@@ -40,10 +59,25 @@ def as_ids(rendered: Any) -> list[int]:
     return [int(t) for t in rendered]
 
 
-def prompt_ids(tokenizer: Any, sample: Sample, default_system: str = "") -> list[int]:
-    """The prompt exactly as serving renders it: the chat up to and including the assistant header."""
-    messages = to_messages(sample, default_system, with_answer=False)
-    return as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+def prompt_messages(prompt: Prompt, default_system: str = "") -> Messages:
+    """The chat a prompt stands for: a sample's turns without its answer, or the messages as given."""
+    if isinstance(prompt, list):
+        return prompt
+    from tuneloop.records import to_messages  # pydantic only when a Sample is handed in (see the module docstring)
+
+    return to_messages(prompt, default_system, with_answer=False)
+
+
+def prompt_text(tokenizer: Any, prompt: Prompt, default_system: str = "") -> str:
+    """The prompt as text: the chat up to and including the assistant header."""
+    return tokenizer.apply_chat_template(prompt_messages(prompt, default_system), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: Any, prompt: Prompt, default_system: str = "") -> list[int]:
+    """The prompt exactly as serving renders it: the chat up to and including the assistant header, as ids."""
+    return as_ids(tokenizer.apply_chat_template(prompt_messages(prompt, default_system), add_generation_prompt=True,
+                                                tokenize=True))
 
 
 def end_of_turn_id(tokenizer: Any) -> int:
@@ -69,6 +103,8 @@ def response_ids(tokenizer: Any, sample: Sample, prompt: list[int], default_syst
     answer is tokenized on its own, which is what a model generates after the prompt anyway.
     """
     end = end_of_turn if end_of_turn is not None else end_of_turn_id(tokenizer)
+    from tuneloop.records import to_messages
+
     full = as_ids(tokenizer.apply_chat_template(to_messages(sample, default_system, with_answer=True), tokenize=True))
     if full[: len(prompt)] == prompt:
         tail = full[len(prompt):]

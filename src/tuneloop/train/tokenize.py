@@ -61,8 +61,8 @@ def encode_sample(tokenizer: Any, sample: Sample, max_length: int, default_syste
                   overlap: int = 64) -> list[EncodedRow] | str:
     """Rows for one sample, or the reason it cannot be trained on (a string for the quarantine file).
 
-    The prompt part of every row is exactly `apply_chat_template(to_messages(sample, default_system,
-    with_answer=False), add_generation_prompt=True, tokenize=True)` of the sample (or of its windowed copy).
+    The prompt part of every row is exactly `templates.prompt_ids(tokenizer, sample, default_system)` of the sample
+    (or of its windowed copy): the one rendering serving and eval use too.
     """
     end = end_of_turn_id(tokenizer)
     prompt = prompt_ids(tokenizer, sample, default_system)

@@ -22,6 +22,8 @@ from typing import Any
 
 import jsonschema
 
+from tuneloop.answers import schema_validator
+
 ANNOTATIONS = frozenset({
     "title", "description", "$comment", "examples", "default", "deprecated", "readOnly", "writeOnly",
     "contentMediaType", "contentEncoding", "contentSchema",
@@ -166,7 +168,7 @@ def _refusal(keyword: str, value: Any, node: dict, types: set[str], constraining
         return "repeated types"
     if keyword in ("enum", "const") and "type" in node:  # the grammar writes the values as listed, ignoring type
         values = value if keyword == "enum" else [value]
-        typed = jsonschema.Draft202012Validator({"type": node["type"]})
+        typed = schema_validator({"type": node["type"]})
         outside = [v for v in values if not typed.is_valid(v)]
         if outside:
             return f"{keyword} values {outside[:3]} are not of the node's type; the grammar would write them anyway"

@@ -1,37 +1,31 @@
-"""Batched generation on a transformers model, with per-request sampling, stop strings and JSON grammars.
+"""Batched constrained decoding on a transformers model: per-request sampling, stop strings and JSON grammars.
 
+The one decoder of tuneloop: `tuneloop serve` (through `serve.batching.BatchingGenerator`) and constrained eval
+(`eval.backends.schema_constraint`) both run it, so eval measures exactly what is served.
 ```
-requests ──▶ BatchingGenerator (one worker thread) ──▶ Engine.generate(batch)
-              waits a few ms to gather up to            left-pads prompts, one forward per step for the whole
-              max_batch concurrent requests             batch (KV cache), grammar masks for the batch in one
-                                                        pass, then per row: temperature / top-p / seed →
-                                                        budget check → token
+requests ──▶ Engine.prepare (one request) ──▶ Engine.run(rows) (one batch)
+              grammar, closing budget         left-pads prompts, one forward per step for the whole
+                                              batch (KV cache), grammar masks for the batch in one
+                                              pass, then per row: temperature / top-p / seed →
+                                              budget check → token
 ```
 Rows finish on a stop token, a stop string, a completed grammar, `max_tokens` or a cancel (the client left);
 finished rows keep a place in the batch (fed the pad token) until the whole batch is done. Each request is
 prepared on its own (`Engine.prepare`: grammar, closing budget) before it joins a batch, so a schema that does
-not compile fails only its own request. The queue is bounded: `submit` raises `QueueFull` instead of letting
-waiting requests pile up without limit. `on_text` callbacks receive text as it becomes
-final (held back while it could still turn into a stop string), which is how the server streams.
+not compile fails only its own request. `on_text` callbacks receive text as it becomes final (held back while it
+could still turn into a stop string), which is how the server streams.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tuneloop.serve.grammar import Budget, ConstrainedRow, Grammars, ResponseFormatError
-
-
-class QueueFull(RuntimeError):
-    """More requests are waiting than the server queues; the client should retry later."""
+from tuneloop.decoding.grammar import Budget, ConstrainedRow, Grammars, ResponseFormatError
 
 
 @dataclass
@@ -57,7 +51,9 @@ class GenerationResult:
     completion_tokens: int
 
 
-class _Row:
+class PreparedRow:
+    """One request on its way through the decoder: its grammar, budget, sampler and the text so far."""
+
     def __init__(self, request: GenerationRequest, grammar: ConstrainedRow | None, greedy_default: bool):
         self.request = request
         self.grammar = grammar
@@ -100,7 +96,7 @@ class Engine:
         self.grammars = Grammars(tokenizer, self.vocab_size, self.stop_token_ids)
         self.device = next(model.parameters()).device
 
-    def prepare(self, request: GenerationRequest) -> _Row:
+    def prepare(self, request: GenerationRequest) -> PreparedRow:
         """One request's decoding state: its grammar and a closing budget that fits `max_tokens`.
 
         Raises ResponseFormatError when the schema cannot be enforced or no complete answer fits in max_tokens
@@ -108,7 +104,7 @@ class Engine:
         """
         compiled = self.grammars.compile(request.response_format)
         grammar = self.grammars.row(compiled) if compiled is not None else None
-        row = _Row(request, grammar, self.greedy_default)
+        row = PreparedRow(request, grammar, self.greedy_default)
         if row.budget is not None and row.budget.path is None:
             shortest = grammar.closing_length(limit=4096)
             need = f"its shortest answer takes {shortest} tokens" if shortest is not None else "no answer closes"
@@ -116,16 +112,11 @@ class Engine:
                                       f"schema ({need}); raise max_tokens.")
         return row
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Prompt ids with the model's own chat template and the generation prompt (as in training)."""
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         return self.run([self.prepare(request) for request in requests])
 
     @torch.inference_mode()
-    def run(self, rows: list[_Row]) -> list[GenerationResult]:
+    def run(self, rows: list[PreparedRow]) -> list[GenerationResult]:
         """Decode prepared rows as one batch."""
         requests = [row.request for row in rows]
         width = max(len(r.prompt_ids) for r in requests)
@@ -165,7 +156,7 @@ class Engine:
                                             len(row.request.prompt_ids), len(row.tokens)))
         return results
 
-    def _next_token(self, row: _Row, logits: torch.Tensor) -> int:
+    def _next_token(self, row: PreparedRow, logits: torch.Tensor) -> int:
         """Sample one row's next token from its (already grammar-masked) logits, and update the row."""
         if row.grammar is None and len(row.tokens) < row.request.min_tokens:
             logits[self.stop_token_ids] = float("-inf")
@@ -191,7 +182,7 @@ class Engine:
         return token
 
 
-def _sample(logits: torch.Tensor, row: _Row) -> int:
+def _sample(logits: torch.Tensor, row: PreparedRow) -> int:
     if row.greedy:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / row.temperature, dim=-1)
@@ -216,68 +207,3 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     if not ids:
         raise ValueError("the tokenizer has no end-of-sequence token: set eos_token in its tokenizer_config.json.")
     return ids
-
-
-class BatchingGenerator:
-    """One worker thread that gathers concurrent requests into batches for an Engine."""
-
-    def __init__(self, engine: Engine, max_batch: int = 8, wait_s: float = 0.005, max_queue: int = 64):
-        self.engine = engine
-        self.max_batch = max_batch
-        self.wait_s = wait_s
-        self.max_queue = max_queue
-        self._queue: queue.Queue[tuple[GenerationRequest | _Row, concurrent.futures.Future] | None] = queue.Queue()
-        self._waiting = threading.BoundedSemaphore(max_queue)
-        self._thread = threading.Thread(target=self._work, name="tuneloop-batcher", daemon=True)
-        self.batches = 0
-        self.largest_batch = 0
-        self._thread.start()
-
-    def submit(self, request: GenerationRequest | _Row) -> concurrent.futures.Future:
-        """Queue a request (or a row from `Engine.prepare`); QueueFull when `max_queue` are already waiting."""
-        if not self._waiting.acquire(blocking=False):
-            raise QueueFull(f"{self.max_queue} requests are already waiting")
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        future.add_done_callback(lambda _: self._waiting.release())
-        self._queue.put((request, future))
-        return future
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            deadline = time.monotonic() + self.wait_s
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                batch.append(more)
-            rows, futures = [], []
-            for request, future in batch:
-                try:  # a request that cannot be prepared fails alone, never its batch
-                    rows.append(request if isinstance(request, _Row) else self.engine.prepare(request))
-                    futures.append(future)
-                except Exception as err:
-                    future.set_exception(err)
-            if not rows:
-                continue
-            self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(rows))
-            try:
-                results = self.engine.run(rows)
-            except Exception as err:  # a failed batch fails its requests, never the worker
-                for future in futures:
-                    future.set_exception(err)
-                continue
-            for future, result in zip(futures, results):
-                future.set_result(result)

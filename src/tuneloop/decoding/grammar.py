@@ -38,6 +38,8 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
+from tuneloop.decoding.coverage import schema_coverage
+
 CLOSERS = frozenset(b'"}]')
 CACHE_SIZE = 64  # compiled grammars kept (least recently used goes first): clients cannot grow memory without bound
 
@@ -70,8 +72,6 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
 
 def check_response_format(response_format: dict[str, Any] | None) -> str | None:
     """The grammar key of an enforceable response_format; ResponseFormatError naming what cannot be enforced."""
-    from tuneloop.serve.coverage import schema_coverage
-
     key = grammar_key(response_format)
     if key is not None and key != "json_object":
         coverage = schema_coverage(response_schema(response_format))
