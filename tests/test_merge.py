@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneloop.export.merge import MergeError, merge_run, parse_shard_size, verify_export, verify_manifest
+from tuneloop.export.merge import MergeError, merge_run, parse_shard_size, verify_export, verify_export_files
 from tuneloop.files import write_json
 
 
@@ -80,7 +80,7 @@ def test_a_tampered_shard_fails_the_manifest_and_the_reload_gate(exported, tmp_p
     run, out, _ = exported
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    verify_manifest(copy)
+    verify_export_files(copy)
     shard = sorted(copy.glob("model-*.safetensors"))[0]
     data = bytearray(shard.read_bytes())
     header = 8 + int.from_bytes(data[:8], "little")
@@ -88,7 +88,7 @@ def test_a_tampered_shard_fails_the_manifest_and_the_reload_gate(exported, tmp_p
         data[offset] ^= 0x55
     shard.write_bytes(bytes(data))
     with pytest.raises(MergeError, match="sha256 differs"):
-        verify_manifest(copy)
+        verify_export_files(copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["files"][shard.name]["sha256"] = __import__("tuneloop.files", fromlist=["file_digest"]).file_digest(shard)
     write_json(copy / "manifest.json", manifest)

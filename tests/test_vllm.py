@@ -107,3 +107,28 @@ def test_cli_never_prints_the_key(tiny_model_dir, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["serve", "--model", str(tiny_model_dir), "--name", "t"])
     assert result.exit_code == 1
     assert "k-very-secret" not in result.output and "VLLM_API_KEY" in result.output
+
+
+def test_smoke_request_goes_through_the_one_client_and_a_refusal_names_the_status(tmp_path):
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from tuneloop.serve.server import run_in_background
+
+    app = FastAPI()
+    seen, agents = [], []
+
+    @app.middleware("http")
+    async def agent(request, call_next):  # who sent it: the openai client names itself in User-Agent
+        agents.append(request.headers.get("user-agent", ""))
+        return await call_next(request)
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict):
+        seen.append(body)
+        return JSONResponse({"error": {"message": "structured outputs are off"}}, status_code=400)
+
+    with run_in_background(app) as root, pytest.raises(VLLMError, match="smoke request failed.*400.*structured outputs"):
+        smoke_test(f"{root}/v1", "m")
+    assert len(seen) == 1 and seen[0]["model"] == "m" and seen[0]["response_format"]["type"] == "json_schema"
+    assert agents[0].startswith("OpenAI/Python")  # the openai client (llm_client.Endpoint), not a second httpx one

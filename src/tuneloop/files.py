@@ -1,5 +1,8 @@
 """Atomic writes and content hashes: the only way tuneloop puts bytes on disk.
 
+JSONL goes through two functions only: `write_jsonl` (a whole file, atomically) and `append_jsonl` (a journal:
+append, flush and fsync per batch).
+
 A file is written to a temporary sibling, flushed and fsync'ed, renamed over the target, and the folder is
 fsync'ed so the rename itself survives a power cut: a reader (or a killed process) sees the old file or the
 complete new one, never a partial file.
@@ -29,9 +32,10 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -105,6 +109,37 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def write_json(path: str | os.PathLike[str], value: Any) -> Path:
     return write_text(path, json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def jsonl_line(row: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """One JSONL line: the row as compact JSON, non-ASCII text kept as written, ending in a newline."""
+    return json.dumps(row, ensure_ascii=False, default=default) + "\n"
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any], default: Callable[[Any], Any] | None = None) -> Path:
+    """A whole JSONL file, one row a line, atomically: a reader sees the old file or every row, never part of them."""
+    with atomic_open(path) as handle:
+        for row in rows:
+            handle.write(jsonl_line(row, default))
+    return Path(path)
+
+
+def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
+    """Add rows to the end of a JSONL journal, flushed and fsync'ed before returning (durable per batch).
+
+    An append cannot be atomic; a kill mid-write can leave a half line at the end, which the journal's reader cuts
+    off (`eval/journal.py`). Returns how many rows were written.
+    """
+    lines = [jsonl_line(row) for row in rows]
+    if not lines:
+        return 0
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.writelines(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return len(lines)
 
 
 class JSONFileError(json.JSONDecodeError):
@@ -181,16 +216,23 @@ def recover_dir(path: str | os.PathLike[str]) -> None:
 def remove_stale_temps(path: str | os.PathLike[str]) -> None:
     """Delete temporaries of `path` that a killed process left (`.name.<pid>.<random>.tmp` whose pid is gone)."""
     target = Path(path)
-    prefix = f".{target.name}."
+    remove_dead_temps(target.parent, re.escape(target.name))
+
+
+def remove_dead_temps(folder: str | os.PathLike[str], name_pattern: str) -> None:
+    """Delete the temporaries in `folder` of every name matching the regex `name_pattern` whose writer is gone.
+
+    A round's staging may be named for another number than the next write's (`r0003` or `r0003-failed`), so the
+    gate clears all of them: `remove_dead_temps(rounds_dir, r"r\\d{4}(?:-failed)?")`. A live writer's are kept.
+    """
+    temp = re.compile(rf"\.(?:{name_pattern})\.(\d+)\.[^.]+\.tmp")
     try:
-        entries = list(os.scandir(target.parent))
+        entries = list(os.scandir(folder))
     except FileNotFoundError:
         return
     for entry in entries:
-        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
-            continue
-        owner = entry.name[len(prefix):].split(".", 1)[0]
-        if not owner.isdigit() or _alive(int(owner)):
+        found = temp.fullmatch(entry.name)
+        if found is None or _alive(int(found.group(1))):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)

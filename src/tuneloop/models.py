@@ -7,6 +7,7 @@ atomically, so every later stage loads it with `from_pretrained` and no network.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -280,22 +281,16 @@ def load_causal_lm(name: str | os.PathLike[str] | None, dtype: Any = None, devic
 
 
 class _progress:
-    """A rich progress bar over named steps (silent when not asked for)."""
+    """The conversion's named steps on a `tuneloop.progress` bar (silent when not asked for)."""
 
     def __init__(self, steps: list[str], enabled: bool):
-        self.enabled = enabled
-        self.progress = None
-        if enabled:
-            from rich.progress import Progress
+        from tuneloop.progress import progress_bar
 
-            self.progress = Progress()
-            self.progress.start()
-            self.task = self.progress.add_task("converting default model", total=len(steps))
+        self._open = contextlib.ExitStack()  # the bar spans several statements of pull_default, not one block
+        self._advance = self._open.enter_context(progress_bar(enabled))("converting default model", len(steps))
 
     def step(self, name: str) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, description=name)
+        self._advance(1, label=name)
 
     def done(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self._open.close()

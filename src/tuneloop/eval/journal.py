@@ -12,13 +12,12 @@ A kill can leave a last line half written; it is cut off on open (the item is si
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tuneloop.files import write_bytes
+from tuneloop.files import append_jsonl, write_jsonl
 
 
 class Journal:
@@ -37,7 +36,7 @@ class Journal:
             if row.get("key") == key:
                 self.done[row["id"]] = row
         if len(self.done) < len(rows):  # another run's answers: not reusable, and not to grow the file forever
-            self._rewrite(json.dumps(row, ensure_ascii=False).encode() for row in self.done.values())
+            write_jsonl(self.path, self.done.values())
 
     def _repair(self) -> None:
         """Cut a half-written last line (a kill mid-write) so the next append starts on a line of its own."""
@@ -48,26 +47,18 @@ class Journal:
         good = data[:end]
         broken = [line for line in good.splitlines() if line.strip() and not _parses(line)]
         if end < len(data) or broken:
-            self._rewrite(line for line in good.splitlines() if line.strip() and _parses(line))
-
-    def _rewrite(self, lines: Iterable[bytes]) -> None:
-        write_bytes(self.path, b"".join(line + b"\n" for line in lines))
+            write_jsonl(self.path, [json.loads(line) for line in good.splitlines() if line.strip() and _parses(line)])
 
     def append(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Store (id, result) pairs under this run's key; flushed and fsync'ed before returning."""
-        lines = []
-        for item_id, result in rows:
-            row = {"key": self.key, "id": item_id, **result}
-            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-        if not lines:
+        # a round trip through JSON, so what a run reads back now is exactly what a rerun reads from the file
+        batch = [json.loads(json.dumps({"key": self.key, "id": item_id, **result}, ensure_ascii=False))
+                 for item_id, result in rows]
+        if not batch:
             return
         with self._lock:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.writelines(lines)
-                handle.flush()
-                os.fsync(handle.fileno())
-            for line in lines:
-                row = json.loads(line)
+            append_jsonl(self.path, batch)
+            for row in batch:
                 self.done[row["id"]] = row
 
 

@@ -16,7 +16,6 @@ out_dir/report.html     metrics, per-field accuracy, failure rate vs length, bad
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.gate.checks import schema_validator
+from tuneloop.answers import schema_validator
 from tuneloop.data.io.formats import read_samples, write_quarantine
 from tuneloop.eval.backends import (
     EndpointBackend,
@@ -36,7 +35,7 @@ from tuneloop.eval.backends import (
 )
 from tuneloop.eval.journal import Journal
 from tuneloop.eval.metrics import score_answer, summarize
-from tuneloop.files import atomic_open, file_digest, write_json, write_text
+from tuneloop.files import file_digest, write_json, write_jsonl, write_text
 from tuneloop.llm_client import max_tokens_for
 from tuneloop.progress import progress_bar, say
 from tuneloop.project import EvalConfig
@@ -249,9 +248,9 @@ def run_eval(model: str, test_file: str | Path, out_dir: str | Path, schema: dic
     summary.update(ran)
     summary["review_queue"] = len(queue)
     write_results(out / "results.jsonl", results)
-    _write_jsonl(out / "review_queue.jsonl", queue)
-    _write_jsonl(out / "errors.jsonl", [{"sample_id": r.sample_id, "mode": r.mode, "error": r.error}
-                                        for r in results if r.error])
+    write_jsonl(out / "review_queue.jsonl", queue)
+    write_jsonl(out / "errors.jsonl", [{"sample_id": r.sample_id, "mode": r.mode, "error": r.error}
+                                       for r in results if r.error])
     write_json(out / "summary.json", summary)
     write_text(out / "report.html", run_report(summary, results))
     return summary
@@ -281,13 +280,7 @@ def build_summary(results: list[EvalResult], model: str, test_file: Path, settin
 
 
 def write_results(path: Path, results: list[EvalResult]) -> None:
-    _write_jsonl(path, [r.model_dump(mode="json") for r in results])
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_open(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(path, (r.model_dump(mode="json") for r in results))
 
 
 def load_results(eval_dir: str | Path) -> list[EvalResult]:

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.export.parity import check_template_parity, parity_samples, served_prompt_ids, template_sha256
-from tuneloop.files import atomic_dir, file_digest, read_json, write_json
+from tuneloop.files import atomic_dir, read_json, write_json
+from tuneloop.manifest import folder_files, verify_folder, write_manifest
 
 FP32_TOLERANCE = 1e-4
 GREEDY_TOKENS = 8
-MANIFEST = "manifest.json"
 TEMPLATE_FILE = "chat_template.jinja"
 
 
@@ -183,23 +183,10 @@ def _write_template(folder: Path, tokenizer: Any) -> None:
     write_json(folder / "tokenizer_config.json", config)
 
 
-def file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
-    return {str(p.relative_to(folder)): {"sha256": file_digest(p), "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-
-
-def verify_manifest(folder: str | Path) -> None:
-    """Raise MergeError when any file differs from the manifest (tampered, truncated, missing or added)."""
-    folder = Path(folder)
-    if not (folder / MANIFEST).exists():
-        raise MergeError(f"{folder}: no {MANIFEST}; export the model with `tuneloop export merge`.")
-    expected = read_json(folder / MANIFEST)["files"]
-    actual = file_hashes(folder)
-    problems = [f"{name}: sha256 differs" for name in expected if name in actual and actual[name]["sha256"] != expected[name]["sha256"]]
-    problems += [f"{name}: missing" for name in expected if name not in actual]
-    problems += [f"{name}: not in the manifest" for name in actual if name not in expected]
-    if problems:
-        raise MergeError(f"{folder}: the export does not match its manifest ({'; '.join(problems)}); re-export it.")
+def verify_export_files(folder: str | Path) -> dict[str, Any]:
+    """The export's manifest once every file matches it; MergeError naming each tampered, truncated, missing or
+    added file (the check itself is `tuneloop.manifest`, shared with rounds and the registry)."""
+    return verify_folder(folder, "the export", "re-export it with `tuneloop export merge`", error=MergeError)
 
 
 def _check_dtype(export_dtype: Any) -> Any:
@@ -261,12 +248,12 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, shard_size: str | int = 
         if not (staging / "generation_config.json").exists():
             GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                              do_sample=False).save_pretrained(str(staging))
-        files = file_hashes(staging)
-        manifest = {"format": "tuneloop-export/1", "created_at": time.time(), "run_dir": str(run_dir.resolve()),
-                    "base_model": run["base_model"], "method": run["method"], "dtype": dtype_name,
-                    "shard_size": max_shard, "chat_template_sha256": template_sha256(tokenizer), "files": files}
-        write_json(staging / MANIFEST, manifest)
-        verify_manifest(staging)
+        files = folder_files(staging)
+        manifest = write_manifest(staging, {
+            "format": "tuneloop-export/1", "created_at": time.time(), "run_dir": str(run_dir.resolve()),
+            "base_model": run["base_model"], "method": run["method"], "dtype": dtype_name, "shard_size": max_shard,
+            "chat_template_sha256": template_sha256(tokenizer)}, files)
+        verify_export_files(staging)
         diff, identical = compare_with_reference(staging, prompts, reference, check_dtype)
         served = AutoTokenizer.from_pretrained(str(staging))
         parity = check_template_parity(tokenizer, served, samples, int(run.get("max_length") or 1024), default_system,
@@ -277,15 +264,14 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, shard_size: str | int = 
         manifest.update(gate={"max_logit_diff": diff, "greedy_identical": identical, "prompts": len(prompts),
                               "tolerance": FP32_TOLERANCE if dtype_name == "float32" else "greedy"},
                         parity=report.parity, untied_embeddings=untied)
-        write_json(staging / MANIFEST, manifest)
+        write_manifest(staging, manifest, files)
     return report
 
 
 def verify_export(out_dir: str | Path, run_dir: str | Path | None = None, check_prompts: int = 4) -> MergeReport:
     """Check an existing export: manifest hashes, then (given its run) reload and compare with base + adapter."""
     out_dir = Path(out_dir)
-    verify_manifest(out_dir)
-    manifest = read_json(out_dir / MANIFEST)
+    manifest = verify_export_files(out_dir)
     run_dir = Path(run_dir or manifest["run_dir"])
     run = read_run(run_dir)
     torch_dtype, dtype_name = _torch_dtype(manifest.get("dtype"))

@@ -127,15 +127,17 @@ def wait_for_models(base_url: str, timeout_s: float = 600.0, process: subprocess
 def smoke_test(base_url: str, model: str, schema: dict[str, Any] | None = None, api_key: str | None = None,
                max_tokens: int = 128) -> dict[str, Any]:
     """One json_schema request; the parsed answer, or VLLMError when it does not parse or validate."""
+    from tuneloop.llm_client import Endpoint, LLMError
+
     schema = schema or SMOKE_SCHEMA
     response_format = {"type": "json_schema", "json_schema": {"name": "smoke", "schema": schema, "strict": True}}
-    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "response_format": response_format,
-            "messages": [{"role": "user", "content": "Ticket: my order A12345 never arrived. Answer as JSON."}]}
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    response = httpx.post(f"{base_url.rstrip('/')}/chat/completions", json=body, headers=headers, timeout=300)
-    if response.status_code != 200:
-        raise VLLMError(f"smoke request failed: HTTP {response.status_code} {response.text[:300]}")
-    content = response.json()["choices"][0]["message"]["content"]
+    endpoint = Endpoint(base_url, model, api_key, concurrency=1, timeout_s=300)  # tuneloop's one chat client
+    try:
+        response = endpoint.create(max_tokens=max_tokens, temperature=0, response_format=response_format, messages=[
+            {"role": "user", "content": "Ticket: my order A12345 never arrived. Answer as JSON."}])
+    except LLMError as err:
+        raise VLLMError(f"smoke request failed: {err}") from None
+    content = response.choices[0].message.content or ""
     outcome = judge_output(content, response_format)
     if not outcome.schema_valid:
         raise VLLMError(f"smoke answer does not match the schema (json_valid={outcome.json_valid}): {content[:300]!r}; "

@@ -6,6 +6,7 @@ complete metrics.jsonl; on resume, entries after the checkpoint's step are dropp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tuneloop.files import write_text
+from tuneloop.files import write_jsonl, write_text
 
 METRIC_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy",
                "num_tokens", "epoch")
@@ -49,7 +50,7 @@ class MetricsFile(TrainerCallback):
 
     def _flush(self, state) -> None:
         if state.is_world_process_zero:
-            write_text(self.path, "".join(json.dumps(e) + "\n" for e in self.entries))
+            write_jsonl(self.path, self.entries)
 
 
 class RichProgress(TrainerCallback):
@@ -57,27 +58,27 @@ class RichProgress(TrainerCallback):
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self.progress = None
-        self.task = None
+        self.open: contextlib.ExitStack | None = None  # the bar lives from train begin to train end
+        self.advance: Any = None
+        self.step = 0
+        self.parts: dict[str, str] = {}
         self.tokens_at_start = 0
         self.started = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not self.enabled or not state.is_world_process_zero:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from tuneloop.progress import progress_bar
 
-        self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=False)
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="")
+        self.open = contextlib.ExitStack()
+        self.advance = self.open.enter_context(progress_bar())("train", state.max_steps, completed=state.global_step)
+        self.step = state.global_step
         self.started = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is None or not logs:
+        if self.open is None or not logs:
             return
-        fields = self.progress.tasks[0].fields.get("stats", "")
-        parts = dict(p.split("=", 1) for p in fields.split() if "=" in p)
+        parts = self.parts
         if "loss" in logs:
             parts["loss"] = f"{logs['loss']:.4f}"
         if "eval_loss" in logs:
@@ -89,16 +90,17 @@ class RichProgress(TrainerCallback):
             elapsed = time.monotonic() - self.started
             if elapsed > 0 and logs["num_tokens"] > self.tokens_at_start:
                 parts["tok/s"] = f"{(logs['num_tokens'] - self.tokens_at_start) / elapsed:.0f}"
-        self.progress.update(self.task, stats=" ".join(f"{k}={v}" for k, v in parts.items()))
+        self.advance(0, label=" ".join(["train", *(f"{k}={v}" for k, v in parts.items())]))
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+        if self.open is not None:
+            self.advance(state.global_step - self.step)
+            self.step = state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.open is not None:
+            self.open.close()
+            self.open = None
 
 
 def mark_best(checkpoints: Path, best_checkpoint: str | None, best_metric: float | None) -> None:

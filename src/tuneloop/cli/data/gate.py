@@ -36,13 +36,9 @@ def _sources(files: list[Path] | None, project: Any) -> list[tuple]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:  # JSONL of plain rows
-    import json
+    from tuneloop.files import write_jsonl
 
-    from tuneloop.files import atomic_open
-
-    with atomic_open(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(path, rows)
 
 
 def _read(files: list[Path], quarantine: Path | None) -> tuple[list[Any], int]:

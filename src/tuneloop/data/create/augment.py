@@ -13,7 +13,6 @@ Randomness is seeded per seed id, so a rerun on the same seeds gives the same va
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,9 +23,10 @@ from typing import Any
 from tuneloop import html
 from tuneloop.data.create.llm import Rewrites
 from tuneloop.data.create.rules import RULES, Edit, RuleContext
-from tuneloop.data.create.contract import contract_violations, parse_json, replace_in_answer, stated_values
+from tuneloop.answers import parse_json
+from tuneloop.data.create.contract import contract_violations, replace_in_answer, stated_values
 from tuneloop.data.io.formats import sample_to_dict, write_quarantine, write_samples
-from tuneloop.files import write_text
+from tuneloop.files import write_jsonl, write_text
 from tuneloop.progress import progress_bar
 from tuneloop.records import Lineage, QuarantinedRow, Sample, content_hash
 
@@ -193,7 +193,7 @@ def write_augment_outputs(out: str | Path, result: AugmentResult, checks: Sequen
     paths = output_paths(out)
     write_samples(paths["variants"], result.variants)
     write_quarantine(paths["quarantine"], result.quarantined)
-    write_text(paths["spot_check"], "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in checks))
+    write_jsonl(paths["spot_check"], checks)
     summary = [{"augment_type": t, "kept": result.accepted[t], "quarantined": result.rejected[t]}
                for t in sorted(set(result.accepted) | set(result.rejected))]
     write_text(paths["spot_check_html"], html.page(

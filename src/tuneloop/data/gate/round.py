@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,11 +37,15 @@ from tuneloop.data.gate.pii import Redactor, recognizers, scan_value
 from tuneloop.data.gate.report import build_manifest, build_report
 from tuneloop.data.gate.run import COUNT_IDENTITY, GateRun
 from tuneloop.data.gate.split import FrozenSplits, split_samples
-from tuneloop.files import atomic_dir, file_digest, write_json, write_text
+from tuneloop.files import atomic_dir, remove_dead_temps, write_text
+from tuneloop.manifest import write_manifest
+from tuneloop.progress import Advance, progress_bar
 from tuneloop.project import DataConfig, Project
 from tuneloop.records import QuarantinedRow
 
 SPLIT_FILES = ("train", "val", "test")
+GATE_STAGES = 6  # validate, redact, dedup, split, leakage, mix: one step of the bar each
+ROUND_NAME = r"r\d{4}(?:-failed)?"
 IDENTIFIER_KEYS = frozenset({"id", "sample_id", "source_id", "parent_id", "kept_id", "train_id", "eval_id",
                              "members", "kept", "content_hash", "old_hash", "new_hash", "sha256", "source_file",
                              "path", "round", "previous_round", "mix_dropped", "over_length", "frozen",
@@ -118,15 +121,11 @@ def round_dirs(rounds_dir: Path) -> list[Path]:
     return sorted(p for p in rounds_dir.iterdir() if re.fullmatch(r"r\d{4}", p.name) and (p / "manifest.json").exists())
 
 
-def _stage(progress: Any, name: str) -> None:
-    if progress is not None:
-        progress.update(progress.task_ids[0], description=f"gate: {name}", advance=1)
-
-
 def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] | None,
             count_tokens: TokenCounter, token_source: str, max_tokens: int | None, previous: Path | None,
-            progress: Any = None) -> GateRun:
-    """Run every check in order and return what each found (no files written)."""
+            progress: Advance | None = None) -> GateRun:
+    """Run every check in order and return what each found (no files written); `progress(1, label)` as each
+    stage ends (a `tuneloop.progress` bar's advance)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -134,7 +133,8 @@ def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] |
         nonlocal clock
         timings[name] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
-        _stage(progress, name)
+        if progress is not None:
+            progress(1, label=f"gate: {name}")
 
     check = check_sources(pairs, config.license_allowlist, schema, count_tokens, max_tokens)
     lap("validate")
@@ -228,16 +228,13 @@ def gate(pairs: Sequence[tuple], rounds_dir: Path, config: DataConfig, schema: d
          count_tokens: TokenCounter, token_source: str, max_tokens: int | None, progress: bool = False) -> GateResult:
     """Run the gate and write the round folder atomically."""
     rounds_dir = Path(rounds_dir)
-    _remove_stale_staging(rounds_dir)
+    remove_dead_temps(rounds_dir, ROUND_NAME)  # what a killed gate left half-built, of any round number
     existing = round_dirs(rounds_dir)
     previous = existing[-1] if existing else None
     number = int(previous.name[1:]) + 1 if previous else 1
-    bar = _progress_bar() if progress else None
-    try:
-        run = process(pairs, config, schema, count_tokens, token_source, max_tokens, previous, bar)
-    finally:
-        if bar is not None:
-            bar.stop()
+    with progress_bar(progress, transient=True) as bar:
+        run = process(pairs, config, schema, count_tokens, token_source, max_tokens, previous,
+                      bar("gate: validate", GATE_STAGES))
     counts = counts_of(run)
     failures = failures_of(run, counts, config)
     name = f"r{number:04d}" if not failures else f"r{number:04d}-failed"
@@ -249,9 +246,7 @@ def gate(pairs: Sequence[tuple], rounds_dir: Path, config: DataConfig, schema: d
         write_quarantine(staging / "review.jsonl", run.review)
         manifest = build_manifest(run, counts, failures, config, name, previous, max_tokens)
         write_text(staging / "report.html", build_report(run, manifest))
-        manifest["files"] = {p.name: {"sha256": file_digest(p), "bytes": p.stat().st_size}
-                             for p in sorted(staging.iterdir()) if p.is_file()}
-        write_json(staging / "manifest.json", manifest)
+        write_manifest(staging, manifest)  # sha256 of every file written above
         final_scan(staging, config.pii.extra_patterns, identifiers_of(run))
     return GateResult(round_dir=target, counts=counts, passed=not failures, failures=failures, manifest=manifest)
 
@@ -288,18 +283,4 @@ def final_scan(folder: Path, extra_patterns: dict[str, str] | None = None, ident
                 raise GateError(f"{path.name}: {found[0].kind} in the report; please report it (nothing was written).")
 
 
-def _remove_stale_staging(rounds_dir: Path) -> None:
-    """Folders a killed gate left half-built (`.rNNNN.*.tmp`): never rounds, safe to delete."""
-    if rounds_dir.exists():
-        for stale in rounds_dir.glob(".r[0-9][0-9][0-9][0-9]*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
 
-
-def _progress_bar() -> Any:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), transient=True)
-    bar.add_task("gate: validate", total=6)
-    bar.start()
-    return bar

@@ -28,7 +28,7 @@ from tuneloop.data.io.openai_chat import openai_to_sample, sample_to_openai
 from tuneloop.data.io.shapes import (
     Columns, Tags, alpaca_to_sample, sample_to_alpaca, sample_to_sharegpt, sharegpt_to_sample, structured,
 )
-from tuneloop.files import atomic_open
+from tuneloop.files import atomic_open, jsonl_line, write_jsonl
 from tuneloop.records import QuarantinedRow, Sample
 
 SHAPES = ("alpaca", "sharegpt", "openai")
@@ -172,10 +172,7 @@ def sample_to_dict(sample: Sample) -> dict[str, Any]:
 
 def write_samples(path: str | Path, samples: Iterable[Sample]) -> Path:
     """tuneloop JSONL, atomically (temp file + rename)."""
-    with atomic_open(path) as handle:
-        for sample in samples:
-            handle.write(json.dumps(sample_to_dict(sample), ensure_ascii=False) + "\n")
-    return Path(path)
+    return write_jsonl(path, (sample_to_dict(sample) for sample in samples))
 
 
 def samples_to_rows(samples: Iterable[Sample], shape: str, carry: bool = True) -> list[dict[str, Any]]:
@@ -195,10 +192,7 @@ def write_file(path: str | Path, samples: Iterable[Sample], shape: str = "alpaca
 
 
 def write_quarantine(path: str | Path, rows: Iterable[QuarantinedRow]) -> Path:
-    with atomic_open(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row.model_dump(mode="json"), ensure_ascii=False, default=str) + "\n")
-    return Path(path)
+    return write_jsonl(path, (row.model_dump(mode="json") for row in rows), default=str)
 
 
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]], container: str | None = None) -> Path:
@@ -210,13 +204,11 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]], container: str 
         _write_parquet(path, rows)
     elif container == "csv":
         _write_csv(path, rows)
-    else:
-        lines = (json.dumps(row, ensure_ascii=False) for row in rows)
+    elif container == "json":  # a JSON array with one row per line, so a diff shows rows
         with atomic_open(path) as handle:
-            if container == "json":
-                handle.write("[\n" + ",\n".join(lines) + "\n]\n" if rows else "[]\n")
-            else:
-                handle.writelines(line + "\n" for line in lines)
+            handle.write("[\n" + ",\n".join(jsonl_line(row).rstrip("\n") for row in rows) + "\n]\n" if rows else "[]\n")
+    else:
+        write_jsonl(path, rows)
     return path
 
 

@@ -10,6 +10,8 @@ data/registry.json
 ```
 `verify_manifest(path)` lists every mismatch; `require_unchanged(path)` raises `DataChanged` naming file, expected
 and actual hash — the check every later stage runs on its inputs.
+The hashing and comparing are `tuneloop.manifest`'s, shared with rounds and exports; this file keeps the
+registry's own shape (a list of records per data set, which LLaMA-Factory users read for `file_sha1`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from tuneloop.data.io.containers import iter_rows
 from tuneloop.files import file_digest, write_json
+from tuneloop.manifest import changed_files, file_entry
 
 MANIFEST = Path("data") / "registry.json"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq")
@@ -60,11 +63,12 @@ def count_rows(path: Path) -> int | None:
 
 
 def file_record(path: Path, base: Path) -> dict[str, Any]:
+    entry = file_entry(path)  # sha256 and bytes, as every tuneloop manifest records them
     return {
         "path": Path(os.path.relpath(path.resolve(), base.resolve())).as_posix(),
-        "sha256": file_digest(path, "sha256"),
+        "sha256": entry["sha256"],
         "file_sha1": file_digest(path, "sha1"),
-        "bytes": path.stat().st_size,
+        "bytes": entry["bytes"],
         "rows": count_rows(path),
     }
 
@@ -116,13 +120,9 @@ def verify_manifest(path: str | Path, names: Iterable[str] | None = None,
     only = {Path(f).resolve() for f in files} if files is not None else None
     mismatches = []
     for name in wanted:
-        for record in datasets[name]["files"]:
-            file = path.parent / record["path"]
-            if only is not None and file.resolve() not in only:
-                continue
-            actual = file_digest(file) if file.is_file() else None
-            if actual != record["sha256"]:
-                mismatches.append(Mismatch(name, str(file), record["sha256"], actual))
+        records = [r for r in datasets[name]["files"] if only is None or (path.parent / r["path"]).resolve() in only]
+        for changed in changed_files(path.parent, {r["path"]: r["sha256"] for r in records}):
+            mismatches.append(Mismatch(name, str(path.parent / changed.path), changed.expected or "", changed.actual))
     return mismatches
 
 
