@@ -300,10 +300,9 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
 
     An answer the server refuses, cuts, or that is not valid JSON for the task's schema refuses the round.
     """
-    import jsonschema
-    from openai import APIStatusError, OpenAI
 
-    from tuneloop.answers import schema_validator
+    from tuneloop.answers import schema_problem, schema_validator
+    from tuneloop.llm_client import Endpoint, LLMError
     from tuneloop.data.io.formats import load_samples
     from tuneloop.records import to_messages
     from tuneloop.serve.server import serve_in_background
@@ -320,14 +319,13 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
               f"{export_dir}`, fix what the reason names, then rerun `tuneloop run`.")
     outputs = {"prompt": sample.prompt, "expected": sample.output}
     with serve_in_background(export_dir, trace_store_path=project.traces_db) as base_url:
-        client = OpenAI(base_url=base_url, api_key="local")
+        endpoint = Endpoint(base_url, model="", api_key="local", max_retries=1)
+        endpoint.model = endpoint.client.models.list().data[0].id
         started = time.time()
         try:
-            reply = client.chat.completions.create(model=client.models.list().data[0].id, messages=messages,
-                                                   response_format=response_format, max_tokens=200, temperature=0)
-        except APIStatusError as err:
-            raise RoundRefused("serve smoke", [f"the server answered {err.status_code}: {err.message}"], advice,
-                               outputs) from err
+            reply = endpoint.create(messages=messages, response_format=response_format, max_tokens=200, temperature=0)
+        except LLMError as err:
+            raise RoundRefused("serve smoke", [f"the server refused the smoke request: {err}"], advice, outputs) from err
         latency = time.time() - started
     text = reply.choices[0].message.content or ""
     finish = reply.choices[0].finish_reason
@@ -341,11 +339,10 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
         raise RoundRefused("serve smoke", [f"the served answer is not JSON ({err.msg} at char {err.pos}): "
                                            f"{text[:120]!r}"], advice, outputs) from err
     if schema:
-        problem = jsonschema.exceptions.best_match(schema_validator(schema).iter_errors(answer))
+        problem = schema_problem(schema_validator(schema), answer)
         if problem is not None:
-            where = "/".join(str(p) for p in problem.absolute_path) or "(root)"
-            raise RoundRefused("serve smoke", [f"the served answer fails the task's schema at {where}: "
-                                               f"{problem.message}"], advice, outputs)
+            raise RoundRefused("serve smoke", [f"the served answer fails the task's schema at {problem}"], advice,
+                               outputs)
     return {"prompt": sample.prompt, "answer": answer, "expected": sample.output, "latency_s": round(latency, 2),
             "finish_reason": finish}
 
