@@ -140,3 +140,16 @@ def test_a_long_one_line_json_array_broken_near_its_start_reads_in_linear_time(t
     elapsed = time.perf_counter() - started
     assert result.total == len(rows) and len(result.samples) < len(rows) // 10
     assert elapsed < 6, f"{elapsed:.1f} s: finding the rows after a break must stay linear in the file's size"
+
+
+def test_an_array_closed_early_inside_a_string_keeps_no_row_cut_short(tmp_path):
+    # found by the property test above: deleting the opening quote of `"a0 :\"}]"`'s escape makes `"}]` close the
+    # array inside the answer; the row would be read with its answer cut to "a0 :"
+    rows = [{"instruction": "q0", "output": 'a0 :"}]'}, {"instruction": "q1", "output": "a1"}]
+    text = json.dumps(rows, indent=2)
+    damaged = text.replace('\\"}]', '"}]', 1)
+    path = tmp_path / "rows.json"
+    path.write_text(damaged, encoding="utf-8")
+    result = read_file(path, "alpaca")
+    assert [s.output for s in result.samples] == []
+    assert len(result.quarantined) == 2 and all("closes early" in q.reason for q in result.quarantined)

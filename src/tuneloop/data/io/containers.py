@@ -300,12 +300,27 @@ def _array_rows(path: Path, stage: str, text: str, start: int,
         elif position >= len(text):
             yield from broken(position, "the file ends inside the JSON array (no closing ']'; it may be cut off)")
             return
+    rest = skip_space(text, position + 1)
+    if not nested and rest < len(text) and pending is not None and not _json_value_at(text, rest):
+        # what follows the ']' is no JSON value: the ']' may stand inside the last row's damaged string (`"a0 :"}]`
+        # of a longer answer), so that row is quarantined with the rest instead of kept with its answer cut short
+        reason = f"the JSON array closes early at line {lines.at(position)}: text after its ']' continues a row"
+        yield from broken(pending[0], reason)
+        return
     if pending is not None:
         yield give(pending)
-    rest = skip_space(text, position + 1)
     if not nested and rest < len(text):
         reason = f"text after the JSON array's closing ']' at line {lines.at(position)}"
         yield from _pieces(path, stage, text, json_pieces(text, rest, reason, starts, keys), lines)
+
+
+def _json_value_at(text: str, at: int) -> bool:
+    """Whether a whole JSON value starts at `at` (a row after the array, not the tail of a row the ']' cut)."""
+    try:
+        json.JSONDecoder().raw_decode(text, at)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _pieces(path: Path, stage: str, text: str, pieces: Iterable[tuple[int, str, str]],
