@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from tuneloop.files import atomic_dir
 from tuneloop.train.engine.batches import collate, optimizer_steps, steps_per_epoch
 from tuneloop.train.engine.loss import answer_loss, liger_loss
 from tuneloop.train.engine.runtime import Runtime, hidden_states, lm_head_of
@@ -164,16 +165,14 @@ class SFTEngine:
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        final = self.checkpoints / f"checkpoint-{self.state.global_step}"
-        temporary = final.with_name(final.name + ".partial")
-        shutil.rmtree(temporary, ignore_errors=True)
-        self.model.save_pretrained(str(temporary))
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "state": self.state.as_dict(), "rng": _rng_state()}, temporary / "engine.pt")
-        (temporary / "trainer_state.json").write_text(json.dumps({**self.state.as_dict(), "engine": "tuneloop",
-                                                                  "log_history": self.state.log_history}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        temporary.rename(final)
+        # built under a hidden name, fsynced and swapped in whole: a kill or a power cut leaves the last complete
+        # checkpoint, never a half-written one under a checkpoint-N name
+        with atomic_dir(self.checkpoints / f"checkpoint-{self.state.global_step}") as staging:
+            self.model.save_pretrained(str(staging))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "state": self.state.as_dict(), "rng": _rng_state()}, staging / "engine.pt")
+            (staging / "trainer_state.json").write_text(json.dumps({**self.state.as_dict(), "engine": "tuneloop",
+                                                                    "log_history": self.state.log_history}, indent=1))
         self._rotate()
 
     def _rotate(self) -> None:
