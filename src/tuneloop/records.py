@@ -221,6 +221,17 @@ class Trace(BaseModel):
     arm: str | None = None
     user: str | None = None
     error: str | None = None
+    source_id: str | None = Field(None, description="Where the trace came from: store:<id> | langfuse:<trace id>.")
+    session_id: str | None = None
+    tags: list[str] | None = None
+    cost: float | None = None
+    smoke: bool = Field(False, description="tuneloop's own check traffic (serve smoke, load test): never data.")
+
+    @model_validator(mode="after")
+    def _own_origin(self) -> Trace:
+        if not self.source_id:
+            self.source_id = f"store:{self.id}"
+        return self
 
 
 class EvalResult(BaseModel):

@@ -1,14 +1,16 @@
 """The project's trace store: one SQLite file (`traces.db`) in WAL mode.
 
 ```
-traces        one row per served request (embedded server, canary router): messages, output, model and
-              version, latency, tokens, json/schema validity, finish reason, arm, user, error
-feedback      scores and comments users send back for a trace (POST /v1/feedback)
-canary_state  the canary gate's persisted decision (key -> JSON), read by `tuneloop canary status`
+traces         one row per request: served here (embedded server, canary router) or pulled from elsewhere
+               (Langfuse, another store): messages, output, model and version, latency, tokens, cost,
+               json/schema validity, finish reason, arm, user, session, tags, error, `source_id` (where it came
+               from: store:<id> | langfuse:<trace id>), `smoke` (tuneloop's own checks: never data)
+feedback       scores and comments for a trace (POST /v1/feedback, Langfuse scores with their origin id)
+canary_state   small persisted state (key -> JSON): the canary decision, pull cursors
+relabel_queue  failures waiting for a corrected answer (the loop's queue, served by the annotation tool)
 ```
 
-Later stages add their own tables (relabel queue, annotations) by appending a `(version, sql)` step to
-`MIGRATIONS`; `PRAGMA user_version` records how far a file has been migrated, so old files upgrade in place.
+A stage adds its own tables by appending a `(version, sql)` step to `MIGRATIONS`; `PRAGMA user_version` records how far a file has been migrated, so old files upgrade in place.
 WAL lets the server write while `canary status` or the annotation tool read. One connection is shared by the
 threads of a process behind a lock; SQLite serialises writers across processes.
 """
@@ -64,13 +66,48 @@ MIGRATIONS: list[tuple[int, str]] = [
         updated_at REAL NOT NULL
     );
     """),
+    # traffic from elsewhere (Langfuse, another store) lands in the same table; feedback pulled from Langfuse scores
+    # keeps its origin id so a second pull adds nothing twice; the relabel queue that the loop and the annotation
+    # tool share.
+    (2, """
+    ALTER TABLE traces ADD COLUMN source_id TEXT;
+    ALTER TABLE traces ADD COLUMN session_id TEXT;
+    ALTER TABLE traces ADD COLUMN tags TEXT;
+    ALTER TABLE traces ADD COLUMN cost REAL;
+    ALTER TABLE traces ADD COLUMN smoke INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX IF NOT EXISTS traces_source_id ON traces(source_id);
+    ALTER TABLE feedback ADD COLUMN name TEXT;
+    ALTER TABLE feedback ADD COLUMN source_id TEXT;
+    CREATE UNIQUE INDEX IF NOT EXISTS feedback_source_id ON feedback(source_id);
+    CREATE TABLE IF NOT EXISTS relabel_queue (
+        id TEXT PRIMARY KEY,
+        trace_id TEXT,
+        origin TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        cluster INTEGER,
+        cluster_name TEXT,
+        sample TEXT NOT NULL,
+        proposal TEXT,
+        proposed_by TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        label TEXT,
+        annotator TEXT,
+        reviewer TEXT,
+        comment TEXT,
+        version INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS relabel_status ON relabel_queue(status);
+    """),
 ]
 
 _TRACE_COLUMNS = ("id", "created_at", "model", "model_version", "arm", "user", "messages", "output",
                   "response_format", "latency_ms", "prompt_tokens", "completion_tokens", "json_valid",
-                  "schema_valid", "refusal", "finish_reason", "error", "extra")
-_JSON_COLUMNS = {"messages", "response_format"}
-_BOOL_COLUMNS = {"json_valid", "schema_valid", "refusal"}
+                  "schema_valid", "refusal", "finish_reason", "error", "source_id", "session_id", "tags", "cost",
+                  "smoke", "extra")
+_JSON_COLUMNS = {"messages", "response_format", "tags"}
+_BOOL_COLUMNS = {"json_valid", "schema_valid", "refusal", "smoke"}
 
 
 class TraceStoreError(RuntimeError):
@@ -167,6 +204,24 @@ class TraceStore:
         where, params = _filters(arm, since)
         with self._lock:
             return self._db.execute(f"SELECT COUNT(*) FROM traces{where}", params).fetchone()[0]
+
+    def query(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        """One SQL statement under the store's lock, its rows returned: for the modules that own a table
+        (`traces.queue`, `traces.pull`), so the connection and its lock stay here."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def transaction(self, statements: list[tuple[str, tuple[Any, ...] | list[Any]]]) -> None:
+        """Several statements as one transaction: all of them are written, or none."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    self._db.execute(sql, params)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- feedback ------------------------------------------------------------------------------------------------
     def add_feedback(self, trace_id: str, score: float | None, comment: str | None = None) -> int:
