@@ -186,6 +186,47 @@ class AugmentConfig(Section):
     llm: LLMConfig = Field(default_factory=LLMConfig, description="Endpoint for LLM paraphrase (--llm).")
 
 
+class LangfuseConfig(Section):
+    host: str | None = Field(None, description="Langfuse URL (None: env LANGFUSE_HOST or LANGFUSE_BASE_URL).")
+    public_key_env: str = Field("LANGFUSE_PUBLIC_KEY", description="Environment variable holding the public key.")
+    secret_key_env: str = Field("LANGFUSE_SECRET_KEY", description="Environment variable holding the secret key.")
+    api: Literal["auto", "v3", "v4"] = Field("auto", description="v3: self-hosted page-based API; v4: Cloud's "
+                                             "cursor-based v2 observations / v3 scores; auto: detected.")
+    page_size: int = Field(100, ge=1, le=1000, description="Items per request.")
+    max_retries: int = Field(5, ge=0, description="Retries with exponential backoff on timeouts, 429 and 5xx.")
+    timeout_s: float = Field(30.0, gt=0, description="Seconds one request may take.")
+    trace_name: str | None = Field(None, description="Only traces of this name.")
+    tags: list[str] = Field(default_factory=list, description="Only traces carrying all of these tags.")
+    environment: str | None = Field(None, description="Only traces of this Langfuse environment.")
+
+
+class SelectConfig(Section):
+    feedback_names: list[str] = Field(default_factory=lambda: ["user-feedback"],
+                                      description="Score names that are user feedback.")
+    negative_below: float = Field(0.5, description="A feedback score under this (false for booleans) is negative.")
+    judge_names: list[str] = Field(default_factory=lambda: ["judge"], description="Score names an LLM judge writes.")
+    judge_min: float = Field(0.5, description="A judge score under this is a failure.")
+
+
+class ClusterConfig(Section):
+    method: Literal["kmeans", "hdbscan"] = Field("kmeans", description="k-means with k, or HDBSCAN (finds k itself).")
+    k: int | None = Field(None, ge=1, description="Clusters for k-means (None: chosen by silhouette score).")
+    min_cluster_size: int = Field(3, ge=2, description="Smallest HDBSCAN cluster.")
+    seed: int = Field(0, description="Seed: the same failures give the same clusters.")
+
+
+class LoopConfig(Section):
+    traces: list[str] = Field(default_factory=lambda: ["store"], description="Where traffic comes from: store "
+                              "(the project's traces.db), langfuse, or paths of other traces.db files.")
+    since_days: float | None = Field(None, gt=0, description="Pull only traffic this many days old or newer "
+                                     "(None: everything new since the last pull).")
+    langfuse: LangfuseConfig = Field(default_factory=LangfuseConfig, description="The Langfuse project to read.")
+    select: SelectConfig = Field(default_factory=SelectConfig, description="What counts as a failure.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="How failures are grouped.")
+    holdout: float = Field(0.25, ge=0, lt=1, description="Share of relabeled traffic held out as a fresh test slice.")
+    canary_weight: float = Field(0.1, gt=0, le=1, description="Share of traffic the new model gets at canary start.")
+
+
 class ProjectConfig(Section):
     task: TaskConfig = Field(default_factory=TaskConfig, description="What the model must do.")
     model: str = Field("default", description="HF model id, local directory, or 'default' (embedded SmolLM2).")
@@ -194,6 +235,7 @@ class ProjectConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving settings.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Clone augmentation of seeds.")
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="Traffic back into data: `tuneloop loop`.")
 
 
 class ProjectError(ValueError):
