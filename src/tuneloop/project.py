@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import pydantic_core
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROJECT_FILE = "tuneloop.yaml"
 
@@ -227,6 +227,31 @@ class LoopConfig(Section):
     canary_weight: float = Field(0.1, gt=0, le=1, description="Share of traffic the new model gets at canary start.")
 
 
+class LabelRule(Section):
+    field: str = Field(description="Answer field the rule checks: a dotted path (customer.email), [] for each list "
+                                   "item (items[].sku).")
+    pattern: str | None = Field(None, description="Regular expression a string value must match in full (null skipped).")
+    enum: list[Any] | None = Field(None, description="The only values the field may take (null skipped).")
+    message: str = Field(description="What the annotator is told when the rule is broken: the fix.")
+
+    @model_validator(mode="after")
+    def _one_check(self) -> LabelRule:
+        if self.pattern is None and self.enum is None:
+            raise ValueError(f"annotate.rules {self.field!r}: give a pattern or an enum to check")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(f"annotate.rules {self.field!r}: pattern {self.pattern!r} is no regular expression "
+                                 f"({err})") from None
+        return self
+
+
+class AnnotateConfig(Section):
+    rules: list[LabelRule] = Field(default_factory=list, description="Custom label rules, checked with the schema and "
+                                   "SOP rules before a label is accepted (relabel import, the annotation tool).")
+
+
 class ProjectConfig(Section):
     task: TaskConfig = Field(default_factory=TaskConfig, description="What the model must do.")
     model: str = Field("default", description="HF model id, local directory, or 'default' (embedded SmolLM2).")
@@ -236,6 +261,7 @@ class ProjectConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving settings.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Clone augmentation of seeds.")
     loop: LoopConfig = Field(default_factory=LoopConfig, description="Traffic back into data: `tuneloop loop`.")
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig, description="Label rules for relabeling and annotation.")
 
 
 class ProjectError(ValueError):
