@@ -126,6 +126,27 @@ class TrainConfig(Section):
                                                   "(auto: on a GPU with flex_attention, off on CPU).")
 
 
+class AlignConfig(Section):
+    method: Literal["none", "dpo"] = Field("none", description="none | dpo: `tuneloop run` adds best-of-N + DPO "
+                                           "after SFT (stages `best-of-n` and `dpo`, before `eval after`).")
+    beta: float = Field(0.1, gt=0, description="DPO beta: higher keeps the model closer to the reference (the SFT model).")
+    loss_type: str = Field("sigmoid", description="DPO loss (TRL's loss_type): sigmoid | ipo | hinge | robust | "
+                           "apo_zero | sigmoid_norm | ...")
+    learning_rate: float | None = Field(None, description="None: 2e-5 for LoRA/QLoRA, 1e-6 for full (a tenth of "
+                                        "SFT's rates or less: alignment moves a trained model, gently).")
+    epochs: float = Field(1, gt=0, description="Passes over the preference pairs (DPO) or the prompts (GRPO).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    num_generations: int = Field(4, ge=2, description="GRPO: completions per prompt (the group its advantage is "
+                                 "computed over).")
+    max_completion_length: int | None = Field(None, ge=1, description="GRPO: longest completion in tokens (None: "
+                                              "the longest reference answer + completion_margin).")
+    completion_margin: float = Field(0.5, ge=0, description="GRPO: share added to the longest reference answer "
+                                     "(tokens) to get max_completion_length.")
+    temperature: float = Field(1.0, gt=0, description="GRPO: sampling temperature of the rollouts.")
+    constrained_rollouts: bool = Field(False, description="GRPO: sample rollouts through the embedded engine "
+                                       "constrained to the task schema.")
+
+
 class EvalGate(Section):
     schema_valid: float | None = Field(0.98, description="Minimum schema-valid rate of the candidate.")
     json_valid: float | None = Field(None, description="Minimum strict JSON parse rate.")
@@ -257,6 +278,7 @@ class ProjectConfig(Section):
     model: str = Field("default", description="HF model id, local directory, or 'default' (embedded SmolLM2).")
     data: DataConfig = Field(default_factory=DataConfig, description="Sources and the quality gate.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
+    align: AlignConfig = Field(default_factory=AlignConfig, description="Alignment after SFT: rewards, best-of-N, DPO, GRPO.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving settings.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Clone augmentation of seeds.")
