@@ -30,6 +30,7 @@ export_app = group("export", "Exports: merged model, LLaMA-Factory files.")
 sop_app = group("sop", "The annotation SOP of a project.")
 canary_app = group("canary", "Canary rollouts between two served models.")
 rounds_app = group("rounds", "Data rounds of a project.")
+loop_app = group("loop", "Real traffic back into data: failures selected, clustered, relabeled.")
 
 
 @app.callback()
@@ -38,5 +39,5 @@ def root(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
     set_debug(debug)
 
 
-for sub in (data_app, models_app, train_app, eval_app, export_app, sop_app, canary_app, rounds_app):
+for sub in (data_app, models_app, train_app, eval_app, export_app, sop_app, canary_app, rounds_app, loop_app):
     app.add_typer(sub)

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "tuneloop.cli.sop",
     "tuneloop.cli.canary",
     "tuneloop.cli.rounds",
+    "tuneloop.cli.loop",
 )
 
 for module in COMMAND_MODULES:

@@ -1,0 +1,63 @@
+"""`tuneloop loop select|cluster`: real traffic's failures, with their reasons, grouped into named clusters.
+
+```
+traces.db ──loop select──▶ loop/traffic/failures.jsonl ──loop cluster──▶ loop/traffic/clusters.json + clusters.html
+```
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuneloop.cli.apps import loop_app
+from tuneloop.cli.common import UserError, console, find_project, friendly_errors
+
+
+def since_time(since: str | None, days: float | None, default_days: float | None = None) -> float | None:
+    """Unix time from `--since ISO` or `--days N` (default: `default_days`); None: all traffic."""
+    if since is not None and days is not None:
+        raise UserError("give --since or --days, not both.")
+    if since is not None:
+        try:
+            moment = datetime.fromisoformat(since)
+        except ValueError:
+            raise UserError(f"--since {since!r}: not an ISO date or time; write e.g. 2026-12-01 or 2026-12-01T08:00.") from None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    days = days if days is not None else default_days
+    return None if days is None else time.time() - days * 86400
+
+
+@loop_app.command("select")
+@friendly_errors
+def loop_select(
+    since: Annotated[str | None, typer.Option("--since", help="Only traffic at or after this ISO date/time (UTC when no zone).")] = None,
+    days: Annotated[float | None, typer.Option("--days", min=0, help="Only traffic of the last N days (default: loop.since_days).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Failures file (default: loop/traffic/failures.jsonl).")] = None,
+) -> None:
+    """Select the failures in the project's traffic, with their reasons, redacted and deduplicated.
+
+    Example: tuneloop loop select --days 7
+    """
+    from tuneloop.traces.select import failures_path, select_project_failures, write_failures
+
+    project = find_project()
+    if not project.traces_db.exists():
+        raise UserError(f"{project.traces_db}: no trace store yet; serve the model (`tuneloop serve`) or pull traffic "
+                        "(`tuneloop traces pull`).")
+    selection = select_project_failures(project, since_time(since, days, project.config.loop.since_days))
+    target = write_failures(out or failures_path(project), selection.failures)
+    console.print(selection.summary(), highlight=False)
+    for reason, count in selection.reasons.most_common():
+        console.print(f"  {count:5d}  {reason}", highlight=False)
+    if selection.redacted:
+        console.print("redacted: " + ", ".join(f"{k} {v}" for k, v in sorted(selection.redacted.items())), highlight=False)
+    for error in selection.errors[:5]:
+        console.print(f"server error {error['trace_id']}: {error['error'][:160]}", highlight=False)
+    for row in selection.unreadable[:5]:
+        console.print(f"unreadable {row['trace_id']}: {row['reason'][:160]}", highlight=False)
+    console.print(f"wrote {target}", highlight=False)
