@@ -60,10 +60,19 @@ class LoopOptions:
     eval_samples: int | None = None
     serve: bool = True
     force: bool = False  # run every stage even when its inputs are unchanged
+    command: str = "tuneloop run"  # what a refusal's advice tells the user to rerun
 
     def left_out(self) -> frozenset[str]:
         """The stages this round leaves out (only stages marked `may_skip` can be)."""
         return frozenset() if self.serve else frozenset({"serve smoke"})
+
+    def start_model(self, project: Project, round_dir: Path) -> str:
+        """The model this round evaluates as its baseline and trains from (the loop of rounds: the current one)."""
+        return project.config.model
+
+    def extra_sources(self, project: Project) -> list[Path]:
+        """Files the gate reads beside `data.sources` (the loop of rounds: relabeled traffic)."""
+        return []
 
 
 class RoundManifests:
@@ -112,6 +121,11 @@ class Round:
 
     def record(self, name: str) -> StageRecord | None:
         return next((r for r in self.records if r.name == name), None)
+
+    @property
+    def model(self) -> str:
+        """The model the round starts from: its baseline, and the base its training starts from."""
+        return self.options.start_model(self.project, self.round_dir)
 
     # where each stage writes: derived from the round (and, for the run, from the train key)
     @property
@@ -211,19 +225,20 @@ def gate(round_: Round) -> dict[str, Any]:
     """The data gate on the project's sources: a new round folder, refused when a check fails."""
     from tuneloop.data.gate.round import run_gate
 
-    result = run_gate(round_.project, progress=True)
+    result = run_gate(round_.project, progress=True, extra_sources=round_.options.extra_sources(round_.project))
     round_dir = Path(result.round_dir)
     if not result.passed:
         raise RoundRefused("data gate", list(result.failures),
                            f"open {round_dir / 'report.html'}, fix or remove the source rows it names (or change the "
-                           "data.* thresholds in tuneloop.yaml if they are wrong), then rerun `tuneloop run`.",
+                           f"data.* thresholds in tuneloop.yaml if they are wrong), then rerun `{round_.options.command}`.",
                            {"round_dir": str(round_dir)})
     return {"round_dir": str(round_dir), "counts": dict(result.counts)}
 
 
 def _gate_inputs(round_: Round) -> Inputs:
     project = round_.project
-    return Inputs([project.path(s.path) for s in round_.config.data.sources], round_.config.data.model_dump(mode="json"))
+    return Inputs([project.path(s.path) for s in round_.config.data.sources] + round_.options.extra_sources(project),
+                  round_.config.data.model_dump(mode="json"))
 
 
 def _gate_done(outputs: dict[str, Any]) -> str:
@@ -232,11 +247,11 @@ def _gate_done(outputs: dict[str, Any]) -> str:
 
 
 def baseline_eval(round_: Round) -> dict[str, Any]:
-    """The configured model on the round's unseen test set."""
+    """The model the round starts from on the round's unseen test set."""
     from tuneloop.eval.runner import run_eval
 
     return {"eval_dir": str(round_.baseline_dir), "summary": run_eval(
-        round_.config.model, round_.round_dir / "test.jsonl", round_.baseline_dir, round_.schema,
+        round_.model, round_.round_dir / "test.jsonl", round_.baseline_dir, round_.schema,
         round_.eval_settings, default_system=round_.system)}
 
 
@@ -245,7 +260,7 @@ def train(round_: Round) -> dict[str, Any]:
     from tuneloop.train.sft import train_sft
 
     result = train_sft(round_.round_dir / "train.jsonl", round_.round_dir / "val.jsonl", round_.run_dir,
-                       model=round_.config.model, settings=round_.train_settings, default_system=round_.system,
+                       model=round_.model, settings=round_.train_settings, default_system=round_.system,
                        resume=True, progress=True)
     return {"run_dir": str(round_.run_dir), "adapter_dir": str(result.model_dir),
             "best_val_loss": result.run.get("best_val_loss")}
@@ -273,7 +288,7 @@ def compare(round_: Round) -> dict[str, Any]:
     if not decision.passed:
         raise RoundRefused("eval gate", list(decision.reasons),
                            f"the candidate was not merged or served; see {compare_dir / 'report.html'}, improve "
-                           "the data or the train.* settings and rerun `tuneloop run` (or change eval.gate in "
+                           f"the data or the train.* settings and rerun `{round_.options.command}` (or change eval.gate in "
                            "tuneloop.yaml if its thresholds are wrong).", outputs)
     return outputs
 
@@ -289,7 +304,7 @@ def merge(round_: Round) -> dict[str, Any]:
         raise RoundRefused("merge gate", err.failures,
                            f"the merged model differs from the evaluated one and was not exported or served; "
                            f"check that {run_dir / 'run.json'} `base_model` is the model the adapter was trained "
-                           f"on, then rerun `tuneloop run` (details: `tuneloop export merge --run {run_dir} "
+                           f"on, then rerun `{round_.options.command}` (details: `tuneloop export merge --run {run_dir} "
                            f"--out {export_dir}`).") from err
     return {"export_dir": str(export_dir), "report": _plain(report)}
 
@@ -316,7 +331,7 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
         if schema else {"type": "json_object"}
     )
     advice = (f"the export {export_dir} is kept but not trusted; try it by hand with `tuneloop serve --model "
-              f"{export_dir}`, fix what the reason names, then rerun `tuneloop run`.")
+              f"{export_dir}`, fix what the reason names, then rerun `{round_.options.command}`.")
     outputs = {"prompt": sample.prompt, "expected": sample.output}
     with serve_in_background(export_dir, trace_store_path=project.traces_db) as base_url:
         endpoint = Endpoint(base_url, model="", api_key="local", max_retries=1)
@@ -354,10 +369,10 @@ def _eval_settings(round_: Round) -> Any:
 ROUND_STAGES: list[Stage] = [
     Stage("gate", _gate_inputs, gate, memory=lambda r: RoundManifests(r.project), done_line=_gate_done,
           skip_line=lambda outputs: f"sources unchanged — reusing {Path(outputs['round_dir']).name}"),
-    Stage("baseline eval", lambda r: Inputs([r.round_dir / "test.jsonl"], [r.config.model, _eval_settings(r), r.system]),
+    Stage("baseline eval", lambda r: Inputs([r.round_dir / "test.jsonl"], [r.model, _eval_settings(r), r.system]),
           baseline_eval),
     Stage("train", lambda r: Inputs([r.round_dir / "train.jsonl", r.round_dir / "val.jsonl"],
-                                    [r.config.model, r.train_settings.model_dump(mode="json"), r.system]), train),
+                                    [r.model, r.train_settings.model_dump(mode="json"), r.system]), train),
     Stage("eval after", lambda r: Inputs([r.round_dir / "test.jsonl", r.adapter_dir], [_eval_settings(r), r.system]),
           eval_after),
     Stage("compare", lambda r: Inputs([r.baseline_dir / "results.jsonl", r.candidate_dir / "results.jsonl"],

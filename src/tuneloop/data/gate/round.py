@@ -31,12 +31,12 @@ import numpy as np
 
 from tuneloop.data.gate.dedup import dedup
 from tuneloop.data.io.formats import write_quarantine, write_samples
-from tuneloop.data.gate.leakage import find_leaks, overlap_pairs
+from tuneloop.data.gate.leakage import LeakageReport, find_leaks, overlap_pairs
 from tuneloop.data.gate.mix import mix
 from tuneloop.data.gate.pii import Redactor, recognizers, scan_value
 from tuneloop.data.gate.report import build_manifest, build_report
 from tuneloop.data.gate.run import COUNT_IDENTITY, GateRun
-from tuneloop.data.gate.split import FrozenSplits, split_samples
+from tuneloop.data.gate.split import FrozenSplits, SplitResult, split_samples
 from tuneloop.files import atomic_dir, remove_dead_temps, write_text
 from tuneloop.manifest import write_manifest
 from tuneloop.progress import Advance, progress_bar
@@ -84,13 +84,15 @@ def project_token_counter(project: Project) -> tuple[TokenCounter, str]:
 
 
 def run_gate(project: Project, sources: list[Path] | None = None, progress: bool = True,
-             tokenizer: Any = "project") -> GateResult:
-    """The gate over a project's `data.sources` (or `sources`, licensed `internal`); writes data/rounds/rNNNN/."""
+             tokenizer: Any = "project", extra_sources: Sequence[Path] = ()) -> GateResult:
+    """The gate over a project's `data.sources` (or `sources`, licensed `internal`) plus `extra_sources` (files the
+    loop adds, such as relabeled traffic, licensed `internal`); writes data/rounds/rNNNN/."""
     config = project.config.data
     if sources is None:
         pairs = [(project.path(s.path), s.license, s.format, s.dataset) for s in config.sources]
     else:
         pairs = [(Path(p), "internal") for p in sources]
+    pairs += [(Path(p), "internal") for p in extra_sources]
     if not pairs:
         raise GateError("no data sources: list them under data.sources in tuneloop.yaml "
                         "(e.g. `sources: [{path: data/raw/seed.jsonl, license: internal}]`).")
@@ -147,7 +149,8 @@ def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] |
     lap("dedup")
     # rows that would leak, and template siblings (same frame, other answers), stay on one side of the split
     related = np.concatenate([overlap_pairs(deduped.kept, config.leakage, config.dedup), deduped.sibling_pairs])
-    split = split_samples(deduped.kept, config.split, FrozenSplits.from_round(previous), related)
+    frozen = FrozenSplits.from_round(previous)
+    split = split_samples(deduped.kept, config.split, frozen, related)
     review = [_placed(row, check) for row in deduped.review]
     conflicting = {id(sample): (name, frozen_id) for sample, name, frozen_id in split.conflicts}
     for sample, reason in split.held_out:
@@ -162,11 +165,44 @@ def process(pairs: Sequence[tuple], config: DataConfig, schema: dict[str, Any] |
                                          reason=reason, raw=sample.model_dump(mode="json")))
     lap("split")
     leakage = find_leaks(split.train, {"val": split.val, "test": split.test}, config.leakage, config.dedup)
+    quarantine += hold_out_copies_of_frozen(split, leakage, frozen)
     lap("leakage")
     mixed = mix(split.train, config.mix, config.mix_max_drop, config.mix_resample, config.split.seed)
     lap("mix")
     return GateRun(check, dict(redactor.counts), deduped, split, leakage, mixed, quarantine, review, token_source,
                    timings)
+
+
+def hold_out_copies_of_frozen(split: SplitResult, leakage: LeakageReport, frozen: FrozenSplits) -> list[QuarantinedRow]:
+    """Train rows that overlap a frozen val/test item (exact, near-duplicate or n-gram) leave train for quarantine.
+
+    The split already holds out a frozen item's relatives by id, lineage and prompt, and keeps overlapping rows with
+    the frozen item when it is still in the sources; a copy whose frozen item is carried over (or a relabeled
+    traffic row that repeats it in other words) is only found here. Such a row is a variant of a frozen item, not a
+    broken round: held out so val/test stay unseen, and its hits leave the leakage report.
+    """
+    frozen_ids = {s.id for samples in frozen.splits.values() for s in samples}
+    hits = {}
+    for hit in leakage.hits:
+        if hit.eval_id in frozen_ids:
+            hits.setdefault(hit.train_id, hit)
+    if not hits:
+        return []
+    rows = []
+    kept = []
+    for sample in split.train:
+        hit = hits.get(sample.id)
+        if hit is None:
+            kept.append(sample)
+            continue
+        reason = (f"near-identical to frozen {hit.eval_split} item {hit.eval_id} ({hit.kind}, similarity "
+                  f"{hit.similarity:.2f}): kept out of train so {hit.eval_split} stays unseen; no action needed")
+        split.held_out.append((sample, reason))
+        rows.append(QuarantinedRow(source_file=sample.meta.source or "", sample_id=sample.id, stage="split",
+                                   reason=reason, raw=sample.model_dump(mode="json")))
+    split.train = kept
+    leakage.hits = [h for h in leakage.hits if h.train_id not in hits]
+    return rows
 
 
 def _placed(row: QuarantinedRow, check: CheckResult) -> QuarantinedRow:

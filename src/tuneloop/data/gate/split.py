@@ -72,13 +72,15 @@ class FrozenSplits:
         return any(self.splits.values())
 
     def lookups(self) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
-        """id → split, and (source_id or prompt hash) → (split, frozen id)."""
+        """id → split, and (source_id or id, which a derived row names as its source_id or parent_id, or prompt
+        hash) → (split, frozen id)."""
         by_id: dict[str, str] = {}
         by_relative: dict[str, tuple[str, str]] = {}
         for name, samples in self.splits.items():
             for sample, prompt in zip(samples, prompt_hashes(samples)):
                 by_id[sample.id] = name
                 by_relative.setdefault(f"seed:{sample.lineage.source_id}", (name, sample.id))
+                by_relative.setdefault(f"seed:{sample.id}", (name, sample.id))  # a row that names it as its origin
                 by_relative.setdefault(f"prompt:{prompt}", (name, sample.id))
         return by_id, by_relative
 
@@ -184,7 +186,8 @@ def _split_after_freeze(samples: Sequence[Sample], members: dict[int, list[int]]
                 replaced.add(sample.id)
                 result.split(split).append(sample)
                 continue
-            relative = by_relative.get(f"seed:{sample.lineage.source_id}") or by_relative.get(f"prompt:{hashes[index]}")
+            relative = (by_relative.get(f"seed:{sample.lineage.source_id}")
+                        or by_relative.get(f"seed:{sample.lineage.parent_id}") or by_relative.get(f"prompt:{hashes[index]}"))
             if relative is None and any(s is not None for _, s in matches):
                 relative = next((s, samples[i].id) for i, s in matches if s is not None)
             conflict = _prompt_conflict(sample, hashes[index], by_relative, frozen)
