@@ -145,6 +145,15 @@ class AlignConfig(Section):
     temperature: float = Field(1.0, gt=0, description="GRPO: sampling temperature of the rollouts.")
     constrained_rollouts: bool = Field(False, description="GRPO: sample rollouts through the embedded engine "
                                        "constrained to the task schema.")
+    preset: Literal["strict", "practice", "format"] = Field("strict", description="Reward preset: strict (every "
+                                                             "check), practice (1.0 / 0.5 / -1.0 / -0.5), format "
+                                                             "(parse, schema, noise, length); see train/rewards.py.")
+    rewards: dict[str, float] = Field(default_factory=dict, description="Reward weights by name, e.g. {json_parses: "
+                                      "1.0, no_noise: 0.5}; when given they replace the preset's.")
+    n: int = Field(8, ge=2, description="Best-of-N: candidates sampled per prompt.")
+    sample_temperature: float = Field(0.8, gt=0, description="Best-of-N: sampling temperature of the candidates.")
+    sample_max_new_tokens: int | None = Field(None, ge=1, description="Best-of-N: longest candidate (None: the "
+                                              "longest reference answer + half again, at least 32, as eval derives it).")
 
 
 class EvalGate(Section):
