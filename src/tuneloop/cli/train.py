@@ -118,3 +118,88 @@ def _report(result: Any) -> None:
         console.print(f"  [yellow]val loss oscillates[/]: try lr {result.suggested_learning_rate:g} "
                       "(--restart-with-suggested-lr)")
     console.print(f"  run card: {result.out_dir / 'run_card.html'}")
+
+
+# -- alignment after SFT: DPO on preference pairs, GRPO on the rewards ---------------------------------------------
+
+def _latest_sft_run(project: Any) -> Path | None:
+    """The newest SFT run folder of a project (run.json without a `kind`): where alignment starts by default."""
+    import json
+
+    runs = [p for p in project.runs_dir.glob("*/run.json") if "kind" not in json.loads(p.read_text(encoding="utf-8"))]
+    return max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
+
+
+def _align_inputs(kind: str, train: Path | None, val: Path | None, out: Path | None, project_dir: Path,
+                  config_file: Path | None, model: str | None, overrides: dict[str, Any],
+                  align_overrides: dict[str, Any]) -> tuple[Path, Path | None, Path, str, str, TrainConfig, Any, Any]:
+    """Files, run folder, start model, system prompt and settings of `tuneloop train dpo|grpo`."""
+    from tuneloop.files import file_digest
+    from tuneloop.project import AlignConfig
+    from tuneloop.records import content_hash
+
+    project = find_project(project_dir, required=train is None or model is None)
+    loaded = load_config(config_file) if config_file is not None else (project.config if project else None)
+    settings = _settings(loaded.train if loaded else TrainConfig(), overrides)
+    align_values = (loaded.align if loaded else AlignConfig()).model_dump()
+    align_values.update({k: v for k, v in align_overrides.items() if v is not None})
+    align = AlignConfig.model_validate(align_values)
+    system = project.config.task.system if project else ""
+    if model is None:
+        latest_run = _latest_sft_run(project)
+        if latest_run is None:
+            raise UserError(f"{project.runs_dir}: no SFT run to start from; run `tuneloop train sft` first or pass --model.")
+        model = str(latest_run)
+    round_name = "run"
+    if train is None:
+        latest = project.latest_round()
+        if latest is None:
+            raise UserError(f"{project.rounds_dir}: no completed round yet; run `tuneloop data gate` first or pass --train.")
+        train, val, round_name = latest / "train.jsonl", (val or latest / "val.jsonl"), latest.name
+        val = val if val.exists() else None
+    if out is None:
+        if project is None:
+            raise UserError(f"--out is needed outside a project: the run folder to write (e.g. runs/my-{kind}).")
+        digest = content_hash(file_digest(train), file_digest(val) if val else None, model, settings.model_dump(),
+                              align.model_dump())
+        out = project.runs_dir / f"{round_name}-{kind}-{digest[:8]}"
+    return train, val, out, model, system, settings, align, project
+
+
+@train_app.command("dpo")
+@friendly_errors
+def dpo(
+    train: Path = typer.Option(None, "--train", help="JSONL of samples with `rejected` (default: the latest round's train)."),
+    val: Path = typer.Option(None, "--val", help="Validation pairs for eval, early stopping and the best checkpoint."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<round>-dpo-<hash>)."),
+    project_dir: Path = typer.Option(Path("."), "--project", "-p", help="Project folder (default: here or a parent)."),
+    config_file: Path = typer.Option(None, "--config", help="YAML with `train:` and `align:` sections (overrides tuneloop.yaml)."),
+    model: str = typer.Option(None, "--model", help="SFT run folder, adapter folder or merged model (default: the "
+                              "project's newest SFT run)."),
+    method: str = typer.Option(None, "--method", help="lora | qlora | full (an adapter is continued as LoRA)."),
+    beta: float = typer.Option(None, "--beta", help="DPO beta (align.beta, default 0.1)."),
+    loss_type: str = typer.Option(None, "--loss-type", help="TRL loss type: sigmoid | ipo | hinge | robust | ..."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    epochs: float = typer.Option(None, "--epochs", help="Passes over the pairs (align.epochs, default 1)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-5 LoRA, 1e-6 full)."),
+    max_length: int = typer.Option(None, "--max-length", help="Ceiling on prompt + answer tokens; longer pairs are quarantined, never cut."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over instead of resuming from the last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Preference training (DPO) from an SFT run on pairs of a chosen and a rejected answer; no answer is ever cut.
+
+    Example: tuneloop train dpo --model runs/r0001-lora-1a2b3c4d --train data/best-of-n/pairs.jsonl --out runs/r1-dpo --max-steps 20
+    """
+    inputs = _align_inputs("dpo", train, val, out, project_dir, config_file, model,
+                           {"method": method, "max_length": max_length},
+                           {"beta": beta, "loss_type": loss_type, "max_steps": max_steps, "epochs": epochs,
+                            "learning_rate": lr})
+    train, val, out, model, system, settings, align, _ = inputs
+    from tuneloop.train.dpo import train_dpo
+
+    result = train_dpo(train, val, out, model, settings, align, system, resume=not no_resume, progress=not quiet)
+    final = result.run.get("final", {})
+    console.print(f"  {result.run['pairs']['train']} pairs (longest {result.run['longest_pair_tokens']} tokens), beta "
+                  f"{result.run['beta']}, {result.run['loss_type']}; reward margin "
+                  f"{final.get('rewards/margins', '-')}, accuracy {final.get('rewards/accuracies', '-')}", highlight=False)
+    _report(result)

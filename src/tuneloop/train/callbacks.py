@@ -29,8 +29,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 class MetricsFile(TrainerCallback):
     """Appends every train/eval log (step, loss, eval_loss, lr, tokens, seconds) to metrics.jsonl."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, extra_keys: tuple[str, ...] = ()):
         self.path = path
+        self.keys = (*METRIC_KEYS, *extra_keys)  # DPO's rewards/margins, GRPO's reward and clipped_ratio, ...
         self.entries = read_metrics(path)
         self.started = time.monotonic()
 
@@ -43,7 +44,7 @@ class MetricsFile(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         entry = {"step": state.global_step, "time_s": round(time.monotonic() - self.started, 3)}
-        entry.update({k: round(float(v), 6) for k, v in logs.items() if k in METRIC_KEYS and v is not None})
+        entry.update({k: round(float(v), 6) for k, v in logs.items() if k in self.keys and v is not None})
         if len(entry) > 2:
             self.entries.append(entry)
             self._flush(state)

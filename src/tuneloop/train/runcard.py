@@ -21,6 +21,7 @@ def _recommendations(run: dict[str, Any]) -> list[str]:
     efficiency = run.get("packing_efficiency")
     if efficiency is not None and efficiency < 0.9:
         notes.append(f"Packing efficiency {efficiency:.1%}: rows are long relative to max_length; raising it packs tighter.")
+    notes.extend(run.get("notes", []))  # what a DPO or GRPO run found (cut completions, pairs left out)
     return notes
 
 
@@ -57,7 +58,8 @@ def _data_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_run_card(out: Path, run: dict[str, Any], config: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
-    summary = {"method": run["method"], "model": f"{run['model']} ({run['base_model']})",
+    method = f"{run['kind']} ({run['method']})" if run.get("kind") else run["method"]  # dpo / grpo runs say so
+    summary = {"method": method, "model": f"{run['model']} ({run['base_model']})",
                "steps": f"{run['steps']} of {run['max_steps']}", "best step": run["best_step"],
                "best val loss": run["best_val_loss"], "stopped early": run["stopped_early"],
                "resumed from": run["resumed_from"] or "-",
