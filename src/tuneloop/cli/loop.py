@@ -61,3 +61,37 @@ def loop_select(
     for row in selection.unreadable[:5]:
         console.print(f"unreadable {row['trace_id']}: {row['reason'][:160]}", highlight=False)
     console.print(f"wrote {target}", highlight=False)
+
+
+@loop_app.command("cluster")
+@friendly_errors
+def loop_cluster(
+    k: Annotated[int | None, typer.Option("--k", min=1, help="Clusters for k-means (default: loop.cluster.k, else by silhouette).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="kmeans | hdbscan (default: loop.cluster.method).")] = None,
+    failures_file: Annotated[Path | None, typer.Option("--failures", help="Failures file (default: loop/traffic/failures.jsonl).")] = None,
+) -> None:
+    """Group the selected failures by their prompts and name each group; writes clusters.json and clusters.html.
+
+    Example: tuneloop loop cluster --method kmeans --k 4
+    """
+    from tuneloop.traces.cluster import cluster_failures, cluster_report, write_clusters
+    from tuneloop.traces.select import failures_path, load_failures
+
+    project = find_project()
+    if method not in (None, "kmeans", "hdbscan"):
+        raise UserError(f"--method {method!r}: use kmeans or hdbscan.")
+    updates = {key: value for key, value in (("k", k), ("method", method)) if value is not None}
+    config = project.config.loop.cluster.model_copy(update=updates)
+    source = failures_file or failures_path(project)
+    failures = load_failures(source)
+    clustering = cluster_failures(failures, config)
+    folder = source.parent
+    write_clusters(folder / "clusters.json", clustering)
+    report = cluster_report(clustering, failures, folder / "clusters.html")
+    console.print(f"{len(failures)} failures → {clustering.k} clusters ({clustering.method}"
+                  + (f", silhouette {clustering.silhouette:.3f}" if clustering.silhouette is not None else "") + ")",
+                  highlight=False)
+    for cluster in clustering.clusters:
+        reasons = ", ".join(f"{r} {n}" for r, n in cluster.reasons.most_common(3))
+        console.print(f"  {cluster.id:3d}  {cluster.size:5d}  {cluster.name}  [{reasons}]", highlight=False, markup=False)
+    console.print(f"wrote {folder / 'clusters.json'} and {report}", highlight=False)
