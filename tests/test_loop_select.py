@@ -163,6 +163,7 @@ def test_near_duplicate_failures_are_one_failure_that_names_the_others(store):
     found = _by_trace(selection)
     assert sorted(found) == ["tr-first", "tr-other"]
     assert sorted(found["tr-first"].duplicates) == ["tr-again", "tr-exact"]
+    assert found["tr-first"].sample.rejected == "oops"  # its own answer: nothing carried over from a copy
     assert selection.counts["duplicates"] == 2 and selection.counts["failures"] == 2
 
 
@@ -215,3 +216,26 @@ def test_cli_loop_select_writes_the_failures_and_prints_the_counts(tmp_path, mon
     assert [f.trace_id for f in load_failures(tmp_path / "loop" / "traffic" / "failures.jsonl")] == ["tr-a"]
     both = CliRunner().invoke(app, ["loop", "select", "--days", "7", "--since", "2026-01-01"])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_a_text_task_judges_what_the_request_asked_for(store):
+    asked = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"required": ["intent"]}}}
+    _trace(store, "object", "Refund A-10001", "sure!", response_format={"type": "json_object"})
+    _trace(store, "schema", "Refund A-10002", '{"order": 1}', response_format=asked)
+    _trace(store, "broken-schema", "Refund A-10003", '{"order": 1}',
+           response_format={"type": "json_schema", "json_schema": {"schema": {"type": "no-such-type"}}})
+    _trace(store, "plain", "Say hi", "hi")
+    found = _by_trace(select_failures(store, None, LoopConfig()))
+    assert {k: v.reasons for k, v in found.items()} == {"tr-object": ["not JSON"], "tr-schema": ["schema: (root)"]}
+
+
+def test_a_tool_call_conversation_keeps_its_turns(store):
+    messages = [{"role": "user", "content": "Where is order A-11001?"},
+                {"role": "assistant", "content": None,
+                 "tool_calls": [{"id": "c1", "type": "function",
+                                 "function": {"name": "lookup", "arguments": '{"order": "A-11001"}'}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'}]
+    _trace(store, "tools", "", "It is shipped", messages=messages)
+    sample = _by_trace(select_failures(store, SCHEMA, LoopConfig()))["tr-tools"].sample
+    assert sample.history == [["Where is order A-11001?", '{"name": "lookup", "arguments": {"order": "A-11001"}}']]
+    assert sample.instruction == '{"status": "shipped"}' and sample.rejected == "It is shipped"

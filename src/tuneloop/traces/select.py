@@ -17,8 +17,10 @@ serving use):
 | `negative feedback`          | a feedback row named in `loop.select.feedback_names` (or unnamed: the embedded     |
 |                              | server's POST /v1/feedback) scores under `negative_below` (false for booleans)      |
 | `low judge score`            | a row named in `judge_names` scores under `judge_min`                               |
-| `not JSON`                   | the task has a schema and the whole answer is not one JSON value (`parse_json`)     |
-| `schema: <path>`             | the JSON breaks the task schema; path of `schema_problem` (the message: `details`)  |
+| `not JSON`                   | the task has a schema (or, without one, the request's `response_format` asked for  |
+|                              | JSON) and the whole answer is not one JSON value (`parse_json`)                    |
+| `schema: <path>`             | the JSON breaks the task schema (without one: the request's json_schema); the path  |
+|                              | of `schema_problem` (the message goes to `details`)                                 |
 | `refused but should answer`  | the answer is a refusal (`is_refusal` with the schema's `x-refusal` form) and       |
 |                              | feedback or a judge is negative about it, or a `should-refuse` row says false       |
 | `answered but should refuse` | the answer is no refusal and a `should-refuse` row (feedback or judge) says true    |
@@ -48,12 +50,15 @@ that stays (`duplicates`).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 from pydantic import BaseModel, Field, ValidationError
+from referencing.exceptions import Unresolvable
 
 from tuneloop.answers import is_refusal, parse_json, refusal_form, schema_problem, schema_validator
 from tuneloop.data.gate.dedup import dedup
@@ -123,6 +128,26 @@ def _is_true(score: float | None, threshold: float) -> bool | None:
     return None if score is None else score >= threshold
 
 
+def answer_schema(trace: Trace, schema: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None]:
+    """(whether the answer must be JSON, the schema it must fit): the task's schema; for a task without one, what
+    the request asked for in `response_format` (json_object: JSON; json_schema: its schema, when it is a valid one).
+    """
+    if schema is not None:
+        return True, schema
+    response_format = trace.response_format or {}
+    kind = response_format.get("type")
+    if kind not in ("json_object", "json_schema"):
+        return False, None
+    asked = (response_format.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+    if not isinstance(asked, dict):
+        return True, None
+    try:
+        schema_validator(asked)
+    except (jsonschema.SchemaError, Unresolvable, re.error, TypeError):
+        return True, None  # a caller's schema that cannot judge an answer: JSON is all that can be asked
+    return True, asked
+
+
 def trace_reasons(trace: Trace, feedback: list[dict[str, Any]], schema: dict[str, Any] | None,
                   config: LoopConfig) -> tuple[list[str], list[str], str]:
     """(reasons, details, expected) of one trace's answer; no reasons: it passed. `expected` is what was due."""
@@ -140,9 +165,10 @@ def trace_reasons(trace: Trace, feedback: list[dict[str, Any]], schema: dict[str
     if low_judge:
         reasons.append(LOW_JUDGE)
     text = trace.output or ""
+    wants_json, schema = answer_schema(trace, schema)
     parsed, value = parse_json(text)
     refused = is_refusal(text, form=refusal_form(schema))
-    if schema is not None and not parsed:
+    if wants_json and not parsed:
         reasons.append(NOT_JSON)  # a prose refusal too: the client's parser fails on it all the same
     elif schema is not None and not refused:  # a JSON refusal is judged as a refusal, not against the schema
         problem = schema_problem(schema_validator(schema), value)
@@ -164,8 +190,7 @@ def trace_reasons(trace: Trace, feedback: list[dict[str, Any]], schema: dict[str
 def trace_sample(trace: Trace, default_system: str = "") -> Sample:
     """The prompt the model saw as a Sample (RowError when its messages hold no conversation): the OpenAI chat
     reader turns the messages plus the answer into a sample, whose answer then moves to `rejected`."""
-    messages = [{"role": m.get("role"), "content": m.get("content")} for m in trace.messages]
-    row = {"messages": [*messages, {"role": "assistant", "content": trace.output or ""}]}
+    row = {"messages": [*trace.messages, {"role": "assistant", "content": trace.output or ""}]}
     sample = openai_to_sample(row, source=TRAFFIC)
     sample.rejected, sample.output = sample.output, ""
     if default_system and sample.system == default_system:
@@ -246,10 +271,11 @@ def select_failures(store: TraceStore, schema: dict[str, Any] | None, config: Lo
 
 
 def _deduplicate(failures: list[Failure], config: DedupConfig | None) -> tuple[list[Failure], int]:
-    """The gate's dedup over the failures' (redacted) samples: every answer is "" so copies are the same prompt."""
+    """The gate's dedup over the failures' (redacted) prompts: with no answer and no rejected side (what the model
+    answered does not make a prompt another failure to relabel), copies are the same prompt."""
     if not failures:
         return [], 0
-    result = dedup([f.sample for f in failures], config)
+    result = dedup([f.sample.model_copy(update={"rejected": None}) for f in failures], config)
     assert not result.review, "failures have no answers, so no label conflicts"
     by_id = {f.sample.id: f for f in failures}
     for removed in result.removed:
