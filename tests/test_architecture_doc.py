@@ -17,7 +17,7 @@ LAYERS = [
     {"train", "eval", "decoding"},
     {"export", "serve"},
     {"traces", "annotate", "examples"},
-    {"loop", "loop_stage", "loop_summary"},
+    {"loop", "loop_stage", "loop_summary", "loop_traffic", "loop_canary", "loop_rounds"},
     {"cli", "doctor"},
 ]
 ALLOWED_UPWARD = {("serve", "traces")}  # serve writes every call through traces.store, by design

@@ -95,6 +95,8 @@ def _check(words: list[str], root) -> str | None:
             return f"`tuneloop` has no option {words[index]}"
         index += 1
     while hasattr(command, "commands") and index < len(words):
+        if words[index].startswith("-"):  # a group's own options: `tuneloop loop --labels FILE` runs its callback
+            break
         if words[index].isupper():  # a placeholder: `tuneloop --debug CMD`
             return None
         names = words[index].split("|")  # `tuneloop models pull|list`

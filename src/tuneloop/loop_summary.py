@@ -39,6 +39,8 @@ def summarize(project: Project, outcome: dict[str, Any], stages: list[Any], roun
         reports["comparison"] = Path(compared["compare_dir"]) / "report.html"
     if merged.get("export_dir"):
         reports["export"] = Path(merged["export_dir"]) / "manifest.json"
+    traffic = _traffic(stages)
+    reports.update(traffic.pop("reports"))
     return {
         "project": str(project.root),
         "round": round_dir.name,
@@ -51,8 +53,34 @@ def summarize(project: Project, outcome: dict[str, Any], stages: list[Any], roun
                    for r in stages],
         "merge": merged.get("report", {}),
         "serve": served,
+        "traffic": traffic,
         "reports": {name: str(path) for name, path in reports.items() if path.exists()},
     }
+
+
+# the cycle's traffic stages (`tuneloop loop`): what each found, and the file a reader opens for it
+TRAFFIC_REPORTS = {"select": ("failures", "failures_file", None), "cluster": ("failure clusters", "report_file", None),
+                   "relabel": ("relabel queue export", "export_file", None),
+                   "traffic split": ("traffic holdout", "holdout_file", None),
+                   "eval traffic": ("traffic eval", "compare_dir", "report.html"),
+                   "canary start": ("canary", "canary_file", None)}
+
+
+def _traffic(stages: list[Any]) -> dict[str, Any]:
+    """Counts of the traffic stages a cycle ran (none for `tuneloop run`) and links to their files."""
+    found: dict[str, Any] = {"reports": {}}
+    for record in stages:
+        if record.name not in TRAFFIC_REPORTS or record.status not in ("done", "skipped", "refused"):
+            continue
+        title, key, inside = TRAFFIC_REPORTS[record.name]
+        outputs = record.outputs
+        if outputs.get(key):
+            found["reports"][title] = Path(outputs[key]) / inside if inside else Path(outputs[key])
+        summary = {k: v for k, v in outputs.items() if k in ("counts", "reasons", "queue", "clusters", "names", "n",
+                                                              "slice", "verdict", "url", "accepted", "pending")}
+        if summary:
+            found[record.name] = summary
+    return found
 
 
 def _eval_summary(folder: Path | None) -> dict[str, Any]:
@@ -113,6 +141,7 @@ def summary_html(summary: dict[str, Any]) -> str:
             html.table(per_metric) if per_metric else html.paragraph("no verdict metric was measured"),
             html.key_values({"eval gate": {True: "pass", False: "fail"}.get(summary["eval_gate"]["passed"], "not run"),
                              "reasons": "; ".join(summary["eval_gate"]["reasons"]) or "—"})))
+    sections += _traffic_sections(summary.get("traffic") or {})
     sections += [
         html.section("Stages", html.table(summary["stages"])),
         html.section("Reports", html.table(links, ["report", "file"], raw_columns=["file"])),
@@ -120,6 +149,34 @@ def summary_html(summary: dict[str, Any]) -> str:
                      html.key_values(summary["serve"] or {"serve": "not run"})),
     ]
     return html.page(f"tuneloop round {summary['round']}", sections, subtitle=summary["project"])
+
+
+def _traffic_sections(traffic: dict[str, Any]) -> list[str]:
+    """The cycle's traffic: failures by reason, clusters, the queue, the split, the held-out traffic eval."""
+    if not traffic:
+        return []
+    facts: dict[str, Any] = {}
+    if "select" in traffic:
+        facts["traffic"] = ", ".join(f"{k} {v}" for k, v in traffic["select"].get("counts", {}).items())
+        facts["failure reasons"] = ", ".join(f"{k} {v}" for k, v in traffic["select"].get("reasons", {}).items()) or "—"
+    if "cluster" in traffic:
+        facts["clusters"] = "; ".join(traffic["cluster"].get("names", {}).values()) or "—"
+    if "relabel" in traffic:
+        facts["relabel queue"] = ", ".join(f"{k} {v}" for k, v in traffic["relabel"].get("queue", {}).items())
+    if "traffic split" in traffic:
+        facts["relabeled rows"] = ", ".join(f"{k} {v}" for k, v in traffic["traffic split"]["counts"].items())
+    parts = [html.key_values(facts)] if facts else []
+    evaluated = traffic.get("eval traffic", {})
+    if evaluated.get("slice"):
+        part = evaluated["slice"]
+        parts.append(html.table([
+            {"metric": "field_accuracy", "current model": part["field_accuracy_before"],
+             "candidate": part["field_accuracy_after"], "test": "bootstrap CI " + str(part["field_accuracy_ci"])},
+            {"metric": "ok (every field right)", "current model": part["ok_before"], "candidate": part["ok_after"],
+             "test": f"McNemar p = {part['mcnemar_p']}"}]))
+        parts.append(html.paragraph(f"verdict on {evaluated['n']} held-out traffic rows: "
+                                    f"{evaluated['verdict']['verdict']}"))
+    return [html.section("Traffic (failures → relabel → held-out traffic eval)", *parts)] if parts else []
 
 
 def _outcome_parts(outcome: dict[str, Any]) -> list[str]:

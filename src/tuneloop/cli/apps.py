@@ -31,6 +31,7 @@ sop_app = group("sop", "The annotation SOP of a project.")
 canary_app = group("canary", "Canary rollouts between two served models.")
 rounds_app = group("rounds", "Data rounds of a project.")
 loop_app = group("loop", "Real traffic back into data: failures selected, clustered, relabeled.")
+loop_app.info.no_args_is_help = False  # `tuneloop loop` alone runs the whole cycle (its callback)
 
 
 @app.callback()

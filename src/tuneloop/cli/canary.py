@@ -44,3 +44,34 @@ def canary_status_command(
     console.print(table)
     console.print(f"SPRT log LR {state['log_likelihood_ratio']} (rollback ≥ {state['rollback_at']}, promote ≤ "
                   f"{state['promote_at']}); stable {state['stable_url']}, canary {state['canary_url']}", highlight=False)
+
+
+@canary_app.command("stop")
+@friendly_errors
+def canary_stop_command(
+    canary_file: Path = typer.Option(None, "--file", help="The canary.json of a round (default: every canary the "
+                                     "project's loop started)."),
+) -> None:
+    """Stop the canary router that `tuneloop loop` started (its loop/<round>/canary.json).
+
+    Example: tuneloop canary stop
+    """
+    from tuneloop.cli.common import find_project
+    from tuneloop.loop_canary import running_canaries, stop_canary
+
+    if canary_file is not None:
+        files = [canary_file]
+        if not canary_file.exists():
+            raise UserError(f"{canary_file}: no such canary file; `tuneloop canary stop` without --file stops every "
+                            "canary of the project.")
+    else:
+        project = find_project()
+        files = running_canaries(project.root / "loop")
+        if not files:
+            console.print("no canary started by `tuneloop loop` is running in this project.")
+            return
+    for path in files:
+        state = stop_canary(path)
+        what = "stopped" if state["was_running"] else "was no longer running"
+        console.print(f"canary {state['url']} (pid {state['pid']}) {what}; record kept in "
+                      f"{path.with_name('canary.stopped.json')}", highlight=False, soft_wrap=True)

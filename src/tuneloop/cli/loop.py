@@ -16,6 +16,8 @@ import typer
 
 from tuneloop.cli.apps import loop_app
 from tuneloop.cli.common import UserError, console, find_project, friendly_errors
+from tuneloop.cli.run import (EvalSamplesOption, ForceOption, MaxStepsOption, NoServeOption, ProjectOption,
+                              QuickOption, run_and_report)
 
 
 def since_time(since: str | None, days: float | None, default_days: float | None = None) -> float | None:
@@ -95,3 +97,48 @@ def loop_cluster(
         reasons = ", ".join(f"{r} {n}" for r, n in cluster.reasons.most_common(3))
         console.print(f"  {cluster.id:3d}  {cluster.size:5d}  {cluster.name}  [{reasons}]", highlight=False, markup=False)
     console.print(f"wrote {folder / 'clusters.json'} and {report}", highlight=False)
+
+
+def _cycle_help() -> str:
+    return (loop_cycle.__doc__ or "").replace("\n    ", "\n")
+
+
+@friendly_errors
+def loop_cycle(
+    ctx: typer.Context,
+    labels: Annotated[Path | None, typer.Option("--labels", help="A filled relabel export to import first (see loop/traffic/relabel-export.jsonl).")] = None,
+    no_canary: Annotated[bool, typer.Option("--no-canary", help="Leave out the canary start.")] = False,
+    only: Annotated[str | None, typer.Option("--only", help="Run this one stage (the earlier ones must have run), e.g. 'eval traffic'.")] = None,
+    skip: Annotated[list[str] | None, typer.Option("--skip", help="Leave out this stage (repeatable): traces pull, select, cluster, relabel, eval traffic, serve smoke, canary start.")] = None,
+    project_dir: ProjectOption = Path("."),
+    quick: QuickOption = False,
+    max_steps: MaxStepsOption = None,
+    eval_samples: EvalSamplesOption = None,
+    no_serve: NoServeOption = False,
+    force: ForceOption = False,
+) -> None:
+    """Run one cycle: traces pull → select → cluster → relabel → traffic split → gate → baseline eval (current
+    model) → train → eval after → eval traffic → compare → merge → serve smoke → canary start → summary report.
+
+    The current model is the last passed round's export (else tuneloop.yaml's model). Relabeled traffic goes to
+    data/traffic/relabeled.jsonl (trained on) and data/traffic/holdout.jsonl (a fresh test slice); with no accepted
+    relabel yet the cycle stops after exporting the queue to fill. Rerunning skips what is unchanged.
+    Exit code: 0 passed, 1 refused by a check, 2 error. The commands below run single steps.
+
+    Example: tuneloop loop --labels loop/traffic/relabel-export.jsonl
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from tuneloop.loop_traffic import CycleOptions, run_cycle
+
+    project = find_project(project_dir)
+    options = CycleOptions(quick=quick, max_steps=max_steps, eval_samples=eval_samples, serve=not no_serve,
+                           force=force, labels=labels.resolve() if labels else None, canary=not no_canary,
+                           skip=frozenset(skip or ()), only=only)
+    if labels is not None and not labels.exists():
+        raise UserError(f"--labels {labels}: no such file; export the queue with `tuneloop loop relabel --export FILE`.")
+    run_and_report(project, lambda say: run_cycle(project, options, say=say))
+
+
+# the callback's docstring, not the group's one-line help, is what `tuneloop loop --help` shows
+loop_app.callback(invoke_without_command=True, help=_cycle_help())(loop_cycle)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,25 +21,38 @@ def _rounds_dir(path: Path | None) -> Path:
     return project.rounds_dir
 
 
+def _project_and_rounds(path: Path | None) -> tuple[Any, Path]:
+    project = find_project(required=False)
+    return project, _rounds_dir(path)
+
+
 @rounds_app.command("list")
 @friendly_errors
-def rounds_list(dir: Annotated[Path | None, typer.Option("--dir", help="Rounds folder (default: the project's).")] = None) -> None:
-    """List the data rounds with their counts and whether the gate passed.
+def rounds_list(
+    dir: Annotated[Path | None, typer.Option("--dir", help="Rounds folder (default: the project's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rounds as JSON.")] = False,
+) -> None:
+    """List the data rounds: counts, where train's rows came from (seed, traffic, synth, ...), the gate and, where
+    the round ran through `tuneloop run` or `tuneloop loop`, its outcome and eval verdict.
 
     Example: tuneloop rounds list
     """
     from tuneloop.data.gate.round import round_dirs
-    from tuneloop.files import read_json
+    from tuneloop.loop_rounds import round_row
 
-    rounds = round_dirs(_rounds_dir(dir))
-    if not rounds:
+    project, folder = _project_and_rounds(dir)
+    rows = [round_row(f, project) for f in round_dirs(folder)]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    if not rows:
         console.print("no rounds yet: run `tuneloop data gate`.")
-    for folder in rounds:
-        manifest = read_json(folder / "manifest.json")
-        counts = manifest.get("counts", {})
-        console.print(f"{folder.name}  {manifest.get('created_at', '')}  train {counts.get('train')}  "
-                      f"val {counts.get('val')}  test {counts.get('test')}  quarantined {counts.get('quarantined')}  "
-                      f"{'passed' if manifest.get('passed') else 'failed'}")
+    for row in rows:
+        sources = ", ".join(f"{k} {v}" for k, v in row["sources"].items()) or "—"
+        verdict = f"  round {row['outcome']}, verdict {row['verdict']}" if row["outcome"] else ""
+        console.print(f"{row['round']}  {row['created_at']}  train {row['train']}  val {row['val']}  test "
+                      f"{row['test']}  quarantined {row['quarantined']}  [{sources}]  gate {row['gate']}{verdict}",
+                      highlight=False, markup=False)
 
 
 @rounds_app.command("diff")
@@ -47,29 +61,25 @@ def rounds_diff(
     old: Annotated[str, typer.Argument(help="Earlier round (name like r0001, or a folder).")],
     new: Annotated[str, typer.Argument(help="Later round.")],
     dir: Annotated[Path | None, typer.Option("--dir", help="Rounds folder (default: the project's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the difference as JSON.")] = False,
 ) -> None:
-    """What changed between two rounds: counts, and rows added to / removed from each split.
+    """What changed between two rounds: rows added / removed / relabeled per split, by source and cluster; train's
+    sample_type mix; each verdict metric with its paired test in both rounds; the held-out traffic slice.
 
     Example: tuneloop rounds diff r0001 r0002
     """
-    from tuneloop.data.io.formats import load_samples
+    from tuneloop.loop_rounds import diff_lines, diff_rounds
 
+    project, rounds = _project_and_rounds(dir)
     folders = []
     for name in (old, new):
-        folder = Path(name) if Path(name).is_dir() else _rounds_dir(dir) / name
+        folder = Path(name) if Path(name).is_dir() else rounds / name
         if not (folder / "manifest.json").exists():
             raise UserError(f"{folder}: not a round folder (no manifest.json); see `tuneloop rounds list`.")
         folders.append(folder)
-    for split in ("train", "val", "test", "quarantine"):
-        if split == "quarantine":
-            import json
-
-            ids = [{json.loads(line).get("sample_id") for line in (f / "quarantine.jsonl").read_text(encoding="utf-8").splitlines() if line}
-                   for f in folders]
-        else:
-            rows = [{s.id: s.content_id() for s in load_samples(f / f"{split}.jsonl")} for f in folders]
-            ids = [set(r) for r in rows]
-            changed = sum(1 for i in ids[0] & ids[1] if rows[0][i] != rows[1][i])
-        added, removed = ids[1] - ids[0], ids[0] - ids[1]
-        extra = f", {changed} changed" if split != "quarantine" else ""
-        console.print(f"{split:<10} {len(ids[0]):>7} → {len(ids[1]):<7} +{len(added)} -{len(removed)}{extra}")
+    diff = diff_rounds(folders[0], folders[1], project)
+    if as_json:
+        console.print_json(json.dumps(diff))
+        return
+    for line in diff_lines(diff):
+        console.print(line, highlight=False, markup=False)

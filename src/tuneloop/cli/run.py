@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -14,15 +15,23 @@ from tuneloop.cli.common import console, err_console, find_project, friendly_err
 EXIT_REFUSED = 1  # a check of the round said no; 2 is an error (friendly_errors), as for grep and diff
 
 
+ProjectOption = Annotated[Path, typer.Option("--project", "-p", help="Project folder (default: here or a parent).")]
+QuickOption = Annotated[bool, typer.Option("--quick", help="Shortened round (few steps, few eval samples), as CI runs it.")]
+MaxStepsOption = Annotated[int | None, typer.Option("--max-steps", help="Cap SFT optimizer steps.")]
+EvalSamplesOption = Annotated[int | None, typer.Option("--eval-samples", help="Evaluate on at most this many test samples.")]
+NoServeOption = Annotated[bool, typer.Option("--no-serve", help="Skip the embedded-server smoke request.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Run every stage even when its inputs did not change.")]
+
+
 @app.command("run")
 @friendly_errors
 def run(
-    project_dir: Path = typer.Option(Path("."), "--project", "-p", help="Project folder (default: here or a parent)."),
-    quick: bool = typer.Option(False, "--quick", help="Shortened round (few steps, few eval samples), as CI runs it."),
-    max_steps: int = typer.Option(None, "--max-steps", help="Cap SFT optimizer steps."),
-    eval_samples: int = typer.Option(None, "--eval-samples", help="Evaluate on at most this many test samples."),
-    no_serve: bool = typer.Option(False, "--no-serve", help="Skip the embedded-server smoke request."),
-    force: bool = typer.Option(False, "--force", help="Run every stage even when its inputs did not change."),
+    project_dir: ProjectOption = Path("."),
+    quick: QuickOption = False,
+    max_steps: MaxStepsOption = None,
+    eval_samples: EvalSamplesOption = None,
+    no_serve: NoServeOption = False,
+    force: ForceOption = False,
 ) -> None:
     """Run one round: gate → baseline eval → SFT → eval after → compare → merge → serve → summary report.
 
@@ -32,12 +41,20 @@ def run(
 
     Example: tuneloop init demo --example json-extraction && cd demo && tuneloop run
     """
-    from tuneloop.loop import LoopOptions, RoundRefused, run_round
+    from tuneloop.loop import LoopOptions, run_round
 
     project = find_project(project_dir)
     options = LoopOptions(quick=quick, max_steps=max_steps, eval_samples=eval_samples, serve=not no_serve, force=force)
+    run_and_report(project, lambda say: run_round(project, options, say=say))
+
+
+def run_and_report(project: Any, run_it: Callable[[Callable[[str], None]], dict[str, Any]]) -> dict[str, Any]:
+    """Run a round (`run_it(say)` returns its summary), print its stage lines and results; a refusal prints what
+    failed and what to do and exits 1."""
+    from tuneloop.loop import RoundRefused
+
     try:
-        summary = run_round(project, options, say=lambda line: console.print(line, highlight=False, markup=False))
+        summary = run_it(lambda line: console.print(line, highlight=False, markup=False))
     except RoundRefused as refusal:
         summary = _read_summary(refusal.summary_file)
         if summary:
@@ -52,6 +69,7 @@ def run(
     _print_results(project, summary)
     console.print(f"  summary report: {project.root / 'loop' / summary['round'] / 'summary.html'}", highlight=False,
                   soft_wrap=True)
+    return summary
 
 
 def _read_summary(path: Path | None) -> dict[str, Any] | None:

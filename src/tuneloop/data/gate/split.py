@@ -198,8 +198,8 @@ def _split_after_freeze(samples: Sequence[Sample], members: dict[int, list[int]]
                     "decide which answer is right; a corrected frozen item keeps its id (a relabel)")))
             elif relative is not None:
                 result.held_out.append((sample, (
-                    f"a variant of frozen {relative[0]} item {relative[1]} (same lineage.source_id or prompt): kept "
-                    f"out of train so {relative[0]} stays unseen; no action needed")))
+                    f"a variant of frozen {relative[0]} item {relative[1]} (same lineage.source_id, parent_id or "
+                    f"prompt): kept out of train so {relative[0]} stays unseen; no action needed")))
             elif hard:
                 result.val.append(sample)
             else:

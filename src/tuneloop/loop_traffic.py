@@ -1,0 +1,469 @@
+"""One cycle of the loop of rounds (`tuneloop loop`): real traffic back into data, then a round from the current model.
+
+```
+ CYCLE_STAGES    key = sha256 of (inputs, settings)                     writes                                   says no
+ ─────────────────────────────────────────────────────────────────────────────────────────────────────────────────────
+ traces pull     loop.traces (runs every time: only the source knows    traces.db (idempotent by source_id)
+                 what is new)
+ select          the store's traces + feedback, loop.select, pii, dedup loop/traffic/failures.jsonl
+ cluster         failures.jsonl + loop.cluster                          loop/traffic/clusters.json, clusters.html
+ relabel         failures + clusters + --labels FILE + the queue        relabel queue; relabel-export.jsonl      no label
+ traffic split   the queue's accepted rows + loop.holdout               data/traffic/relabeled.jsonl (train part),
+                                                                        data/traffic/holdout.jsonl, split.json
+ gate … eval after   as `tuneloop run`, with relabeled.jsonl beside data.sources, from the CURRENT model
+ eval traffic    holdout + current model + candidate                    evals/<round>-traffic-{current,candidate,
+                                                                        compare}                                 worse
+ compare, merge, serve smoke   as `tuneloop run`
+ canary start    export + current model + loop.canary_weight            loop/<round>/canary.json (a detached
+                 (left out: --no-canary)                                `tuneloop serve --stable --canary`)
+ ─────────────────────────────────────────────────────────────────────────────────────────────────────────────────────
+```
+The current model is the merged export of the latest round whose summary says it passed (before the round this cycle
+makes), else `model` of tuneloop.yaml. Stages before the gate remember their work in loop/traffic/state.json; the
+round's own stages in loop/<round>/state.json, as for `tuneloop run`.
+
+The traffic holdout is a fresh test slice of relabeled traffic, split by lineage group (`data.split.group_by`): a
+group keeps its side in every later cycle (loop/traffic/split.json), so an item once held out is never trained on.
+The frozen val/test of the rounds stay what they were; the gate holds out any relabeled row that repeats one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tuneloop.files import read_json, write_json
+from tuneloop.loop import (ROUND_STAGES, Inputs, LoopError, LoopOptions, Round, RoundRefused, RoundState, Stage,
+                           run_round)
+from tuneloop.project import Project
+
+TRAFFIC = "traffic"
+
+
+# -- where the cycle writes ------------------------------------------------------------------------------------------
+def traffic_dir(project: Project) -> Path:
+    """loop/traffic/: failures, clusters, the relabel export, the split memory, the pre-gate stages' state."""
+    return project.root / "loop" / TRAFFIC
+
+
+def traffic_data_dir(project: Project) -> Path:
+    """data/traffic/: relabeled.jsonl (what trains) and holdout.jsonl (what tests)."""
+    return project.root / "data" / TRAFFIC
+
+
+def relabeled_file(project: Project) -> Path:
+    return traffic_data_dir(project) / "relabeled.jsonl"
+
+
+def holdout_file(project: Project) -> Path:
+    return traffic_data_dir(project) / "holdout.jsonl"
+
+
+# -- the model a cycle starts from -----------------------------------------------------------------------------------
+def current_model(project: Project, before: Path | None = None) -> str:
+    """The merged export of the latest passed round older than `before` (its loop summary), else `model`."""
+    for round_dir in reversed(project.rounds()):
+        if before is not None and round_dir.name >= Path(before).name:
+            continue
+        summary_file = project.root / "loop" / round_dir.name / "summary.json"
+        if not summary_file.exists():
+            continue
+        summary = read_json(summary_file)
+        if summary.get("outcome", {}).get("status") != "passed":
+            continue
+        merged = next((s for s in summary.get("stages", []) if s.get("name") == "merge"), {})
+        export_dir = merged.get("export_dir")
+        if export_dir and Path(export_dir).is_dir():
+            return str(export_dir)
+    return project.config.model
+
+
+# -- options -----------------------------------------------------------------------------------------------------------
+@dataclass
+class CycleOptions(LoopOptions):
+    """A `tuneloop loop` cycle: the round's options plus the labels to import, the canary, and stage selection."""
+
+    labels: Path | None = None  # a filled relabel export to import before the split
+    canary: bool = True
+    skip: frozenset[str] = frozenset()
+    only: str | None = None
+    command: str = "tuneloop loop"
+
+    def left_out(self) -> frozenset[str]:
+        return super().left_out() | self.skip | (frozenset() if self.canary else frozenset({"canary start"}))
+
+    def start_model(self, project: Project, round_dir: Path) -> str:
+        return current_model(project, before=round_dir)
+
+    def extra_sources(self, project: Project) -> list[Path]:
+        return [relabeled_file(project)]
+
+
+def traffic_memory(round_: Round) -> RoundState:
+    return RoundState(traffic_dir(round_.project) / "state.json")
+
+
+# -- the stages before the gate -------------------------------------------------------------------------------------
+def _store(round_: Round) -> Any:
+    from tuneloop.traces.store import TraceStore
+
+    return TraceStore(round_.project.traces_db)
+
+
+def store_fingerprint(project: Project) -> list[Any]:
+    """What the store holds, in a few numbers: a select over an unchanged store is reused."""
+    if not project.traces_db.exists():
+        return [0, None, 0, None]
+    from tuneloop.traces.store import TraceStore
+
+    with TraceStore(project.traces_db) as store:
+        traces = store.query("SELECT COUNT(*), MAX(created_at), MAX(rowid) FROM traces")[0]
+        feedback = store.query("SELECT COUNT(*), MAX(id) FROM feedback")[0]
+    return [*traces, *feedback]
+
+
+def _since(round_: Round) -> float | None:
+    days = round_.config.loop.since_days
+    return None if days is None else time.time() - days * 86400
+
+
+def pull(round_: Round) -> dict[str, Any]:
+    """Every source of `loop.traces` into the project's store (idempotent by source_id; incremental)."""
+    from tuneloop.traces.pull import pull_traces
+
+    config, project = round_.config.loop, round_.project
+    pulled: dict[str, Any] = {}
+    with _store(round_) as store:
+        for source in config.traces:
+            where = source if source in ("store", "langfuse") else str(project.path(source))
+            result = pull_traces(store, where, config, say=round_.say)  # from where its last pull ended
+            pulled[source] = {"pulled": result.pulled, "skipped_existing": result.skipped_existing,
+                              "feedback": result.feedback, "warnings": list(result.warnings)}
+            for warning in result.warnings:
+                round_.say(f"[traces pull] {source}: {warning}")
+    return {"sources": pulled}
+
+
+def _pull_done(outputs: dict[str, Any]) -> str:
+    return "; ".join(f"{source}: {v['pulled']} new, {v['skipped_existing']} already here, {v['feedback']} feedback"
+                     for source, v in outputs["sources"].items())
+
+
+def select(round_: Round) -> dict[str, Any]:
+    """The failures in the traffic, with their reasons, redacted and deduplicated → loop/traffic/failures.jsonl."""
+    from tuneloop.traces.select import failures_path, select_project_failures, write_failures
+
+    project = round_.project
+    if not project.traces_db.exists():
+        raise LoopError(f"{project.traces_db}: no trace store yet; serve the model (`tuneloop serve`) or list where "
+                        "traffic comes from under loop.traces in tuneloop.yaml.")
+    selection = select_project_failures(project, _since(round_))
+    target = write_failures(failures_path(project), selection.failures)
+    return {"failures_file": str(target), "counts": dict(selection.counts), "summary": selection.summary(),
+            "reasons": dict(selection.reasons)}
+
+
+def _select_inputs(round_: Round) -> Inputs:
+    config = round_.config
+    return Inputs([], [store_fingerprint(round_.project), config.loop.select.model_dump(mode="json"),
+                       config.loop.since_days, config.data.pii.model_dump(mode="json"),
+                       config.data.dedup.model_dump(mode="json"), config.task.system, round_.schema])
+
+
+def cluster(round_: Round) -> dict[str, Any]:
+    """The failures grouped into named clusters → loop/traffic/clusters.json + clusters.html."""
+    from tuneloop.traces.cluster import cluster_failures, cluster_report, write_clusters
+    from tuneloop.traces.select import load_failures
+
+    failures = load_failures(_failures_file(round_))
+    clustering = cluster_failures(failures, round_.config.loop.cluster)
+    folder = traffic_dir(round_.project)
+    clusters_file = write_clusters(folder / "clusters.json", clustering)
+    report_file = cluster_report(clustering, failures, folder / "clusters.html")
+    return {"clusters_file": str(clusters_file), "report_file": str(report_file), "clusters": clustering.k,
+            "failures": len(failures), "names": {str(c.id): c.name for c in clustering.clusters}}
+
+
+def _failures_file(round_: Round) -> Path:
+    from tuneloop.traces.select import failures_path
+
+    return failures_path(round_.project)
+
+
+def relabel(round_: Round) -> dict[str, Any]:
+    """Queue the failures; import `--labels FILE`; export what still waits; refuse when nothing is relabeled."""
+    from tuneloop.traces.cluster import load_clustering
+    from tuneloop.traces.frozen import frozen_items
+    from tuneloop.traces.queue import OPEN, RelabelQueue
+    from tuneloop.traces.select import load_failures
+
+    project, labels = round_.project, getattr(round_.options, "labels", None)
+    folder = traffic_dir(project)
+    export_file = folder / "relabel-export.jsonl"
+    failures = load_failures(_failures_file(round_))
+    clusters_file = folder / "clusters.json"
+    clustering = load_clustering(clusters_file) if clusters_file.exists() else None
+    if clustering is not None and clustering.trace_ids != [f.trace_id for f in failures]:
+        clustering = None  # clusters of other failures (cluster was left out): queue without them
+    rejected: list[Any] = []
+    imported = 0
+    with _store(round_) as store:
+        queue = RelabelQueue(store)
+        queued = queue.add_failures(failures, clustering)
+        if labels is not None:
+            result = queue.import_labels(labels, round_.schema, round_.config.annotate.rules,
+                                         frozen=frozen_items(project.latest_round()),
+                                         dedup_config=round_.config.data.dedup)
+            imported, rejected = len(result.accepted), list(result.rejected)
+        exported = queue.export(export_file)
+        counts = queue.counts()
+    for line, item_id, reason in rejected:
+        round_.say(f"[relabel] {labels}, line {line} ({item_id}): rejected: {reason}")
+    accepted = counts["submitted"] + counts["reviewed"]
+    pending = sum(counts[s] for s in OPEN)
+    outputs = {"queued": queued, "imported": imported, "rejected": len(rejected), "accepted": accepted,
+               "pending": pending, "exported": exported, "queue": counts, "export_file": str(export_file)}
+    if not accepted:
+        raise RoundRefused("relabel", [f"no accepted relabeled rows: {pending} failures wait in the relabel queue"
+                                       + (f" ({len(rejected)} labels of {labels} rejected)" if rejected else "")],
+                           f"fill in the right answer of each row of {export_file} (its `label` field; the answer "
+                           "as the schema and the SOP want it) and import it with `tuneloop loop --labels "
+                           f"{export_file}` (or `tuneloop loop relabel --import FILE`; `tuneloop loop relabel "
+                           "--propose` lets an LLM endpoint propose labels for review).", outputs)
+    return outputs
+
+
+def _relabel_inputs(round_: Round) -> Inputs:
+    # the queue itself is not part of the key (this stage changes it); the split after it reads the queue
+    labels = getattr(round_.options, "labels", None)
+    files = [p for p in (_failures_file(round_), traffic_dir(round_.project) / "clusters.json") if p.exists()]
+    return Inputs(files + ([Path(labels)] if labels else []), round_.config.annotate.model_dump(mode="json"))
+
+
+def queue_fingerprint(project: Project) -> list[Any]:
+    """The relabel queue in a few numbers (rows per status, last change)."""
+    if not project.traces_db.exists():
+        return []
+    from tuneloop.traces.store import TraceStore
+
+    with TraceStore(project.traces_db) as store:
+        return [list(r) for r in store.query("SELECT status, COUNT(*), MAX(updated_at), SUM(version) FROM "
+                                             "relabel_queue GROUP BY status ORDER BY status")]
+
+
+def _relabel_done(outputs: dict[str, Any]) -> str:
+    return (f"{outputs['queued']} queued, {outputs['imported']} imported, {outputs['rejected']} rejected; "
+            f"{outputs['accepted']} accepted, {outputs['pending']} pending")
+
+
+def split_traffic(samples: Sequence[Any], share: float, sides: dict[str, str], group_by: str = "lineage.source_id",
+                  seed: int = 0) -> tuple[list[Any], list[Any], dict[str, str]]:
+    """(train, holdout, sides): relabeled rows cut by lineage group into a train part and a held-out slice.
+
+    A group already in `sides` keeps its side; new groups are ordered by a seeded hash of the group and the first
+    ones go to the holdout until it holds `share` of all groups (rounded half up). So the split is stable, and an
+    item once held out never moves to train, whatever later cycles add.
+
+    >>> from tuneloop.records import Sample
+    >>> rows = [Sample(id=f"t{i}", input=f"message {i}", output="{}") for i in range(8)]
+    >>> train, holdout, sides = split_traffic(rows, 0.25, {})
+    >>> len(train), len(holdout)
+    (6, 2)
+    >>> split_traffic(rows + [Sample(id="t9", input="new", output="{}")], 0.25, sides)[1] == holdout
+    True
+    """
+    from tuneloop.data.gate.split import group_value
+
+    sides = dict(sides)
+    groups = {group_value(s, group_by) for s in samples}
+    fresh = sorted(groups - set(sides), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    held = sum(1 for g in groups if sides.get(g) == "holdout")
+    want = math.floor(share * len(groups) + 0.5) if share > 0 else 0
+    for group in fresh:
+        sides[group] = "holdout" if held < want else "train"
+        held += sides[group] == "holdout"
+    train = [s for s in samples if sides[group_value(s, group_by)] == "train"]
+    holdout = [s for s in samples if sides[group_value(s, group_by)] == "holdout"]
+    return train, holdout, sides
+
+
+def traffic_split(round_: Round) -> dict[str, Any]:
+    """The queue's accepted rows → data/traffic/relabeled.jsonl (train part) and holdout.jsonl (fresh test slice)."""
+    from tuneloop.data.io.formats import load_samples, write_samples
+    from tuneloop.traces.queue import RelabelQueue
+
+    project = round_.project
+    with _store(round_) as store:
+        accepted = RelabelQueue(store).accepted_samples()
+    memory_file = traffic_dir(project) / "split.json"
+    sides = read_json(memory_file)["groups"] if memory_file.exists() else {}
+    group_by = round_.config.data.split.group_by
+    if holdout_file(project).exists():  # the holdout file is the truth about what was held out
+        from tuneloop.data.gate.split import group_value
+
+        sides.update({group_value(s, group_by): "holdout" for s in load_samples(holdout_file(project))})
+    train, holdout, sides = split_traffic(accepted, round_.config.loop.holdout, sides, group_by,
+                                          round_.config.data.split.seed)
+    write_samples(relabeled_file(project), train)
+    write_samples(holdout_file(project), holdout)
+    write_json(memory_file, {"group_by": group_by, "groups": dict(sorted(sides.items()))})
+    return {"train_file": str(relabeled_file(project)), "holdout_file": str(holdout_file(project)),
+            "counts": {"accepted": len(accepted), "train": len(train), "holdout": len(holdout)}}
+
+
+def _split_inputs(round_: Round) -> Inputs:
+    config = round_.config
+    return Inputs([], [queue_fingerprint(round_.project), config.loop.holdout, config.data.split.group_by,
+                       config.data.split.seed])
+
+
+# -- the stages after training ---------------------------------------------------------------------------------------
+def _traffic_dir(round_: Round, suffix: str) -> Path:
+    return round_.project.evals_dir / f"{round_.round_dir.name}-traffic-{suffix}"
+
+
+def eval_traffic(round_: Round) -> dict[str, Any]:
+    """The current model and the candidate on the traffic holdout, compared pairwise (McNemar, bootstrap)."""
+    from tuneloop.data.io.formats import load_samples
+    from tuneloop.eval.compare import compare_evals, round_verdict
+    from tuneloop.eval.runner import run_eval
+
+    holdout = holdout_file(round_.project)
+    n = len(load_samples(holdout)) if holdout.exists() else 0
+    if not n:
+        return {"n": 0, "note": "no relabeled traffic is held out yet (too few groups for loop.holdout)"}
+    gate = round_.config.eval.gate
+    current, candidate, compare_dir = (_traffic_dir(round_, k) for k in ("current", "candidate", "compare"))
+    run_eval(round_.model, holdout, current, round_.schema, round_.eval_settings, default_system=round_.system)
+    run_eval(str(round_.adapter_dir), holdout, candidate, round_.schema, round_.eval_settings,
+             default_system=round_.system)
+    comparison = compare_evals(current, candidate, compare_dir, alpha=gate.alpha)
+    verdict = round_verdict(comparison, gate.mode, gate.alpha)
+    outputs = {"n": n, "compare_dir": str(compare_dir), "verdict": verdict, "slice": failing_slice(comparison,
+                                                                                                   gate.mode)}
+    if verdict["verdict"] == "worse":
+        raise RoundRefused("traffic eval", [f"the candidate is significantly worse than the current model on the "
+                                            f"traffic holdout ({_evidence(verdict)})"],
+                           f"the candidate was not merged or served; see {compare_dir / 'report.html'}, check the "
+                           f"relabeled rows in {relabeled_file(round_.project)} and rerun `tuneloop loop`.", outputs)
+    return outputs
+
+
+def failing_slice(comparison: dict[str, Any], mode: str = "unconstrained") -> dict[str, Any]:
+    """Field accuracy before/after on the traffic holdout, and the McNemar test of fully-right answers."""
+    metrics = comparison["modes"].get(mode, {}).get("metrics", {})
+    field_accuracy, ok = metrics.get("field_accuracy", {}), metrics.get("ok", {})
+    return {"n": ok.get("n"), "field_accuracy_before": field_accuracy.get("baseline"),
+            "field_accuracy_after": field_accuracy.get("candidate"),
+            "field_accuracy_ci": [field_accuracy.get("ci_low"), field_accuracy.get("ci_high")],
+            "ok_before": ok.get("baseline"), "ok_after": ok.get("candidate"), "mcnemar_p": ok.get("p_value"),
+            "better": ok.get("better"), "worse": ok.get("worse")}
+
+
+def _evidence(verdict: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {v['verdict']} ({v['evidence']})" for name, v in verdict["metrics"].items())
+
+
+def _eval_traffic_done(outputs: dict[str, Any]) -> str:
+    if not outputs.get("n"):
+        return outputs.get("note", "no holdout")
+    part = outputs["slice"]
+    fa = (f"field accuracy {part['field_accuracy_before']:.3f} → {part['field_accuracy_after']:.3f}, "
+          if part.get("field_accuracy_before") is not None else "")
+    p = f"McNemar p = {part['mcnemar_p']:.4g}" if part.get("mcnemar_p") is not None else "no McNemar"
+    return f"{outputs['n']} held-out traffic rows: {fa}{p}; verdict {outputs['verdict']['verdict']}"
+
+
+def canary_start(round_: Round) -> dict[str, Any]:
+    """`tuneloop serve --stable <current> --canary <new export>` detached on a free loopback port."""
+    from tuneloop.loop_canary import start_canary
+
+    project = round_.project
+    state = start_canary(round_.model, str(round_.export_dir), round_.config.loop.canary_weight,
+                         project.root / "loop" / round_.round_dir.name, project.root, project.traces_db)
+    return {"canary_file": str(project.root / "loop" / round_.round_dir.name / "canary.json"), "url": state["url"],
+            "pid": state["pid"], "stable": state["stable"], "canary": state["canary"], "weight": state["weight"]}
+
+
+def _canary_done(outputs: dict[str, Any]) -> str:
+    return (f"router on {outputs['url']} (pid {outputs['pid']}): {outputs['weight']:.0%} of users to the new model; "
+            "`tuneloop canary status` / `tuneloop canary stop`")
+
+
+def _round_stage(name: str) -> Stage:
+    return next(s for s in ROUND_STAGES if s.name == name)
+
+
+CYCLE_STAGES: list[Stage] = [
+    Stage("traces pull", lambda r: Inputs([], [r.config.loop.traces, time.time()]), pull, may_skip=True,
+          memory=traffic_memory, done_line=_pull_done),
+    Stage("select", _select_inputs, select, may_skip=True, memory=traffic_memory,
+          done_line=lambda o: o["summary"]),
+    Stage("cluster", lambda r: Inputs([_failures_file(r)], r.config.loop.cluster.model_dump(mode="json")), cluster,
+          may_skip=True, memory=traffic_memory, done_line=lambda o: f"{o['clusters']} clusters → {o['report_file']}"),
+    Stage("relabel", _relabel_inputs, relabel, may_skip=True, memory=traffic_memory, done_line=_relabel_done),
+    Stage("traffic split", _split_inputs, traffic_split, memory=traffic_memory,
+          done_line=lambda o: ", ".join(f"{k} {v}" for k, v in o["counts"].items())),
+    *(_round_stage(name) for name in ("gate", "baseline eval", "train", "eval after")),
+    Stage("eval traffic", lambda r: Inputs([p for p in (holdout_file(r.project),) if p.exists()] + [r.adapter_dir],
+                                           [r.model, r.eval_settings.model_dump(mode="json"), r.system,
+                                            r.config.eval.gate.model_dump(mode="json")]),
+          eval_traffic, may_skip=True, done_line=_eval_traffic_done),
+    *(_round_stage(name) for name in ("compare", "merge", "serve smoke")),
+    Stage("canary start", lambda r: Inputs([r.export_dir], [r.model, r.config.loop.canary_weight]), canary_start,
+          may_skip=True, done_line=_canary_done),
+]
+STAGE_NAMES = tuple(s.name for s in CYCLE_STAGES)
+
+
+class _NoReuse:
+    """The memory of the one stage `--only` names: never fresh, so it runs; saved as usual."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def fresh(self, name: str, key: str) -> dict[str, Any] | None:
+        return None
+
+    def save(self, record: Any) -> None:
+        self.inner.save(record)
+
+
+def stages_for(options: CycleOptions) -> list[Stage]:
+    """The cycle's stages; for `--only NAME`: the earlier ones reused (each must have run with these inputs) or,
+    where a user may leave them out, left out; NAME run (always); the later ones left out."""
+    unknown = [n for n in [*options.skip, *([options.only] if options.only else [])] if n not in STAGE_NAMES]
+    if unknown:
+        raise LoopError(f"no stage named {unknown[0]!r}; the stages are: {', '.join(STAGE_NAMES)}.")
+    if options.only is None:
+        return list(CYCLE_STAGES)
+    index = STAGE_NAMES.index(options.only)
+
+    def needs(stage: Stage) -> Any:
+        def refuse(_: Round) -> dict[str, Any]:
+            raise LoopError(f"--only {options.only} reads what '{stage.name}' makes, and that has not run with "
+                            f"these inputs: run `tuneloop loop` (or `tuneloop loop --only '{stage.name}'`) first.")
+        return refuse
+
+    # an earlier stage a user may leave out is read by nothing after it: left out; the others must be reusable
+    earlier = [replace(s, run=needs(s)) for s in CYCLE_STAGES[:index] if not s.may_skip]
+    chosen = CYCLE_STAGES[index]
+    return [*earlier, replace(chosen, memory=lambda r, m=chosen.memory: _NoReuse(m(r)))]
+
+
+def run_cycle(project: Project, options: CycleOptions | None = None, say: Any = print) -> dict[str, Any]:
+    """One `tuneloop loop` cycle on `project`; returns the round's summary (raises RoundRefused / LoopError)."""
+    options = options or CycleOptions()
+    stages = stages_for(options)
+    if options.only is not None:
+        options = replace(options, skip=frozenset(), force=False)
+    return run_round(project, options, say=say, stages=stages)
+
+
+__all__ = ["CYCLE_STAGES", "CycleOptions", "STAGE_NAMES", "current_model", "failing_slice", "run_cycle",
+           "split_traffic", "stages_for", "traffic_dir"]

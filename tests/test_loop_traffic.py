@@ -1,0 +1,227 @@
+"""The loop of rounds, without a model: the traffic split, the current model, and frozen val/test items that no
+relabeled row, variant or copy ever carries into train (the gate with relabeled traffic beside the sources)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tuneloop.data.gate.round import run_gate
+from tuneloop.data.io.formats import load_samples, write_samples
+from tuneloop.files import write_json
+from tuneloop.loop_stage import LoopError
+from tuneloop.loop_traffic import CycleOptions, STAGE_NAMES, current_model, split_traffic, stages_for
+from tuneloop.project import DataConfig, Project, ProjectConfig, SourceConfig
+from tuneloop.records import Lineage, Meta, Sample
+
+SCHEMA = {"type": "object", "properties": {"order": {"type": "integer"}}, "required": ["order"]}
+
+
+def traffic_rows(count: int, start: int = 0) -> list[Sample]:
+    return [Sample(id=f"tr-{i}", input=f"traffic message number {i} about parcel {i * 7}", output=json.dumps({"order": i}),
+                   meta=Meta(source="traffic"), lineage=Lineage(source_id=f"trace:{i}"))
+            for i in range(start, start + count)]
+
+
+# -- the traffic split ------------------------------------------------------------------------------------------------
+def test_the_traffic_split_is_stable_and_cut_by_lineage_group():
+    rows = traffic_rows(40)
+    # two relabels of one trace share a group: they land on one side
+    rows.append(rows[0].model_copy(update={"id": "tr-0-again", "input": "the same trace relabeled again"}))
+    train, holdout, sides = split_traffic(rows, 0.25, {})
+    again = split_traffic(list(reversed(rows)), 0.25, {})
+    assert {s.id for s in again[1]} == {s.id for s in holdout}  # order of the queue does not matter
+    assert len(sides) == 40 and sum(v == "holdout" for v in sides.values()) == 10
+    held_groups = {s.lineage.source_id for s in holdout}
+    assert not held_groups & {s.lineage.source_id for s in train}
+    assert ("tr-0" in {s.id for s in holdout}) == ("tr-0-again" in {s.id for s in holdout})
+    assert len(train) + len(holdout) == len(rows)
+
+
+def test_an_item_once_held_out_stays_held_out_and_a_trained_one_stays_in_train_in_later_cycles():
+    first_train, first_holdout, sides = split_traffic(traffic_rows(20), 0.25, {})
+    # later cycles: more traffic, and even a share turned up or down moves no earlier group
+    for share in (0.25, 0.9, 0.05):
+        train, holdout, later = split_traffic(traffic_rows(60), share, sides)
+        assert {s.id for s in first_holdout} <= {s.id for s in holdout}
+        assert {s.id for s in first_train} <= {s.id for s in train}
+        assert all(later[g] == side for g, side in sides.items())
+    train, holdout, _ = split_traffic(traffic_rows(60), 0.25, sides)
+    assert len(holdout) == 15  # new groups fill the holdout to its share of all groups
+
+
+def test_a_handful_of_relabels_still_holds_one_out_and_a_single_one_trains():
+    assert [len(part) for part in split_traffic(traffic_rows(2), 0.25, {})[:2]] == [1, 1]
+    assert [len(part) for part in split_traffic(traffic_rows(1), 0.25, {})[:2]] == [1, 0]
+    assert [len(part) for part in split_traffic(traffic_rows(5), 0.0, {})[:2]] == [5, 0]
+
+
+# -- the model a cycle starts from ----------------------------------------------------------------------------------
+def fake_round(project: Project, name: str, status: str | None, export: bool = True) -> Path:
+    folder = project.rounds_dir / name
+    folder.mkdir(parents=True)
+    write_json(folder / "manifest.json", {"round": name, "passed": True})
+    if status is not None:
+        export_dir = project.exports_dir / f"task-{name}"
+        if export:
+            export_dir.mkdir(parents=True)
+        write_json(project.root / "loop" / name / "summary.json", {
+            "outcome": {"status": status},
+            "stages": [{"name": "gate", "status": "done"}, {"name": "merge", "status": "done",
+                                                           "export_dir": str(export_dir)}]})
+    return folder
+
+
+def test_the_current_model_is_the_latest_passed_rounds_export_else_the_configured_model(tmp_path):
+    project = Project(tmp_path, ProjectConfig(model="base-model"))
+    assert current_model(project) == "base-model"
+    fake_round(project, "r0001", "passed")
+    assert current_model(project) == str(project.exports_dir / "task-r0001")
+    fake_round(project, "r0002", "refused")  # its eval gate said no: the r0001 export stays current
+    fake_round(project, "r0003", None)  # a gate-only round (`tuneloop data gate`): no model
+    assert current_model(project) == str(project.exports_dir / "task-r0001")
+    fake_round(project, "r0004", "passed", export=False)  # passed but its export was removed
+    assert current_model(project) == str(project.exports_dir / "task-r0001")
+    fake_round(project, "r0005", "passed")
+    assert current_model(project) == str(project.exports_dir / "task-r0005")
+    # the round a cycle is making (or reusing) never starts from its own export
+    assert current_model(project, before=project.rounds_dir / "r0005") == str(project.exports_dir / "task-r0001")
+    assert current_model(project, before=project.rounds_dir / "r0001") == "base-model"
+    assert CycleOptions().start_model(project, project.rounds_dir / "r0006") == str(project.exports_dir / "task-r0005")
+
+
+def test_stages_can_be_named_left_out_or_run_alone():
+    with pytest.raises(LoopError, match="no stage named 'trian'"):
+        stages_for(CycleOptions(skip=frozenset({"trian"})))
+    only = [s.name for s in stages_for(CycleOptions(only="merge"))]
+    # the stages a user may leave out are left out before it; the others are reused, never run, by --only
+    assert only == ["traffic split", "gate", "baseline eval", "train", "eval after", "compare", "merge"]
+    assert "canary start" in CycleOptions(canary=False).left_out()
+    assert "serve smoke" in CycleOptions(serve=False).left_out()
+    assert set(STAGE_NAMES) >= {"traces pull", "select", "cluster", "relabel", "eval traffic", "canary start"}
+
+
+# -- frozen val/test never reach train ------------------------------------------------------------------------------
+def seed_rows(count: int, seed: int = 0) -> list[Sample]:
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(3000)]
+    rows = []
+    for i in range(count):
+        text = " ".join(rng.choice(vocab) for _ in range(20))
+        rows.append(Sample(id=f"r{i}", instruction="Extract the order as JSON.", input=f"order {i}: {text}",
+                           output=json.dumps({"order": i}), lineage=Lineage(source_id=f"seed{i // 2}"),
+                           meta=Meta(source="data/raw/seed.jsonl")))
+    return rows
+
+
+def make_project(root: Path, rows: list[Sample]) -> Project:
+    write_samples(root / "data" / "raw" / "seed.jsonl", rows)
+    config = ProjectConfig(data=DataConfig(sources=[SourceConfig(path="data/raw/seed.jsonl")]))
+    config.task.schema_ = SCHEMA
+    return Project(root, config)
+
+
+def gate_with_traffic(project: Project, traffic: list[Sample]):
+    target = project.root / "data" / "traffic" / "relabeled.jsonl"
+    write_samples(target, traffic)
+    return run_gate(project, progress=False, tokenizer=None, extra_sources=[target])
+
+
+def relabeled(sample: Sample, new_id: str, **changes) -> Sample:
+    """A traffic row relabeled from a trace whose message repeats `sample`."""
+    fields = {"id": new_id, "output": json.dumps({"order": 4242}), "meta": Meta(source="traffic"),
+              "lineage": Lineage(source_id=f"trace:{new_id}", augment_type="relabel"), **changes}
+    return sample.model_copy(update=fields)
+
+
+def quarantine_of(round_dir: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (round_dir / "quarantine.jsonl").read_text().splitlines()]
+    return {r["sample_id"]: r for r in rows}
+
+
+def test_a_relabeled_row_identical_or_near_identical_to_a_frozen_test_item_is_held_out_not_trained(tmp_path):
+    rows = seed_rows(120)
+    project = make_project(tmp_path, rows)
+    first = run_gate(project, progress=False, tokenizer=None)
+    frozen = load_samples(first.round_dir / "test.jsonl")
+    a, b = frozen[0], frozen[1]
+    words = b.input.split()
+    traffic = [relabeled(a, "copy"),  # the same message, relabeled with another answer
+               relabeled(b, "near", input=" ".join(words[:-1] + ["zzz"])),  # one word changed
+               *traffic_rows(6)]
+    second = gate_with_traffic(project, traffic)
+    assert second.passed, second.failures
+    train = {s.id for s in load_samples(second.round_dir / "train.jsonl")}
+    held = {**quarantine_of(second.round_dir), **{r["sample_id"]: r for r in
+                                                  map(json.loads, (second.round_dir / "review.jsonl").read_text().splitlines())}}
+    assert "copy" not in train and "near" not in train
+    assert a.id in held["copy"]["reason"] or a.id in str(held["copy"].get("conflicts_with"))
+    assert b.id in held["near"]["reason"]
+    assert {f"tr-{i}" for i in range(6)} <= train  # fresh traffic trains
+
+    # the frozen items are gone from the sources (carried over): the leakage check finds the copies, and holds
+    # them out instead of failing the round (before: "train/val/test overlaps" and an r0003-failed folder)
+    project_rows = [r for r in rows if r.id not in (a.id, b.id)]
+    write_samples(project.path("data/raw/seed.jsonl"), project_rows)
+    third = gate_with_traffic(project, [relabeled(b, "near", input=" ".join(words[:-1] + ["zzz"])), *traffic_rows(6)])
+    assert third.passed, third.failures
+    assert third.round_dir.name == "r0003"
+    assert "near" not in {s.id for s in load_samples(third.round_dir / "train.jsonl")}
+    reason = quarantine_of(third.round_dir)["near"]["reason"]
+    assert b.id in reason and "kept out of train" in reason
+    assert b.id in {s.id for s in load_samples(third.round_dir / "test.jsonl")}
+
+
+def test_no_frozen_val_test_id_nor_a_row_derived_from_one_ever_enters_train_in_any_round(tmp_path):
+    """Four rounds, each trying every way a frozen item could slip into train through the loop."""
+    rows = seed_rows(160)
+    project = make_project(tmp_path, rows)
+    first = run_gate(project, progress=False, tokenizer=None)
+    assert first.passed
+    frozen = {s.id: s for split in ("val", "test") for s in load_samples(first.round_dir / f"{split}.jsonl")}
+    frozen_sources = {s.lineage.source_id for s in frozen.values()}
+    rng = random.Random(7)
+    traffic: list[Sample] = []
+    for cycle in range(1, 4):
+        for number, item in enumerate(rng.sample(sorted(frozen.values(), key=lambda s: s.id), 8)):
+            tag = f"c{cycle}-{number}"
+            words = item.input.split()
+            traffic += [
+                # the frozen item itself sent as traffic and relabeled under its own id
+                item.model_copy(update={"output": json.dumps({"order": 1000 + cycle}), "meta": Meta(source="traffic")}),
+                # a relabeled copy under a new id (exact prompt, other answer)
+                relabeled(item, f"copy-{tag}"),
+                # a variant of it: same seed lineage, other words
+                relabeled(item, f"variant-{tag}", input=f"please look at order again {rng.random()}",
+                          lineage=Lineage(source_id=item.lineage.source_id, parent_id=item.id)),
+                # an eval bad case exported as a new row: own source id, parent the test item, words shuffled a bit
+                relabeled(item, f"export-bad-{tag}", input=" ".join(words[:3] + ["kindly"] + words[3:]),
+                          lineage=Lineage(source_id=f"eval-variant:{tag}", parent_id=item.id, augment_type="export-bad")),
+                # derived from it by parent id only, with new text
+                relabeled(item, f"child-{tag}", input=f"completely new wording {tag} {rng.random()}",
+                          lineage=Lineage(source_id=f"child:{tag}", parent_id=item.id)),
+                # naming the frozen item as its source id
+                relabeled(item, f"named-{tag}", input=f"other new wording {tag} {rng.random()}",
+                          lineage=Lineage(source_id=item.id)),
+                # near-identical text: one word changed, unrelated lineage
+                relabeled(item, f"near-{tag}", input=" ".join(words[:-1] + [f"x{cycle}"])),
+            ]
+        traffic += traffic_rows(5, start=cycle * 100)
+        if cycle == 2:  # drop some frozen items from the sources: they are carried over, not re-read
+            rows = [r for r in rows if r.id not in sorted(frozen)[:10]]
+            write_samples(project.path("data/raw/seed.jsonl"), rows)
+        result = gate_with_traffic(project, traffic)
+        assert result.passed, result.failures
+        assert result.counts["rows_in"] == (result.counts["accepted"] + result.counts["quarantined"]
+                                            + result.counts["removed"] + result.counts["sent_to_review"])
+        train = load_samples(result.round_dir / "train.jsonl")
+        leaked = [s.id for s in train if s.id in frozen or s.lineage.source_id in frozen_sources | set(frozen)
+                  or s.lineage.parent_id in set(frozen) | frozen_sources]
+        assert leaked == [], f"round {result.round_dir.name}: {leaked}"
+        assert not any(s.id.startswith(("copy-", "near-", "variant-", "export-bad-", "child-", "named-")) for s in train)
+        held = {s.id for split in ("val", "test") for s in load_samples(result.round_dir / f"{split}.jsonl")}
+        assert held == set(frozen)  # val/test never change
+        assert {f"tr-{i}" for i in range(cycle * 100, cycle * 100 + 5)} <= {s.id for s in train}
