@@ -147,3 +147,11 @@ def test_cli_loop_cluster_writes_json_and_html(tmp_path, monkeypatch):
     assert (tmp_path / "loop" / "traffic" / "clusters.html").stat().st_mtime >= started - 1
     bad = CliRunner().invoke(app, ["loop", "cluster", "--method", "dbscan"])
     assert bad.exit_code == 2 and "kmeans or hdbscan" in bad.output
+
+
+def test_a_name_takes_one_of_two_overlapping_chinese_bigrams():
+    from tuneloop.traces.cluster import name_of
+
+    assert name_of([("订单", 5), ("单号", 5), ("退款", 4), ("商品", 3)]) == "订单, 退款, 商品"
+    assert name_of([("refund", 3), ("order", 2)]) == "refund, order"
+    assert name_of([]) == "(no terms)"

