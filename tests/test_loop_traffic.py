@@ -225,3 +225,111 @@ def test_no_frozen_val_test_id_nor_a_row_derived_from_one_ever_enters_train_in_a
         held = {s.id for split in ("val", "test") for s in load_samples(result.round_dir / f"{split}.jsonl")}
         assert held == set(frozen)  # val/test never change
         assert {f"tr-{i}" for i in range(cycle * 100, cycle * 100 + 5)} <= {s.id for s in train}
+
+
+# -- the stages before the gate, on a real trace store (no model) ----------------------------------------------------
+TICKET = {"type": "object", "properties": {"intent": {"type": "string", "enum": ["refund", "address_change",
+                                                                                 "out_of_scope"]},
+                                           "order_id": {"type": ["string", "null"]}},
+          "required": ["intent", "order_id"], "additionalProperties": False,
+          "x-refusal": {"intent": "out_of_scope", "order_id": None}}
+
+
+def traffic_project(root: Path, broken: int = 8) -> Project:
+    from tuneloop.records import Trace
+    from tuneloop.traces.store import TraceStore
+
+    config = ProjectConfig(data=DataConfig(sources=[SourceConfig(path="data/raw/seed.jsonl")]))
+    config.task.schema_ = TICKET
+    config.task.system = "You extract ticket fields as JSON."
+    project = Project(root, config)
+    with TraceStore(project.traces_db) as store:
+        for i in range(broken):
+            messages = [{"role": "system", "content": config.task.system},
+                        {"role": "user", "content": f"Refund order A-{1000 + i} please, item {i} arrived broken"}]
+            store.record(Trace(id=f"tr-bad-{i}", created_at=1000.0 + i, model="m", messages=messages,
+                               output='{"intent": "refund", "order_id": ', latency_ms=5.0))
+        messages = [{"role": "user", "content": "Move A-2000 to my new address in Berlin"}]
+        store.record(Trace(id="tr-disliked", created_at=2000.0, model="m", messages=messages,
+                           output='{"intent": "refund", "order_id": "A-2000"}', latency_ms=5.0))
+        store.add_feedback("tr-disliked", 0.0, "wrong intent")
+        store.record(Trace(id="tr-good", created_at=2001.0, model="m", messages=[
+            {"role": "user", "content": "Refund A-3000"}], output='{"intent": "refund", "order_id": "A-3000"}',
+            latency_ms=5.0))
+    return project
+
+
+def run_traffic_stages(project: Project, **options):
+    from tuneloop.loop import Round
+    from tuneloop.loop_stage import run_stages
+    from tuneloop.loop_traffic import CYCLE_STAGES
+
+    said: list[str] = []
+    round_ = Round(project, CycleOptions(**options), said.append)
+    stages = [s for s in CYCLE_STAGES[:5] if s.name != "cluster"]  # clustering embeds (torch): its own tests
+    run_stages(stages, round_, said.append)
+    return round_, said
+
+
+def order_of(row: dict) -> str:
+    import re
+
+    return re.search(r"A-\d+", row["instruction"] + row["input"]).group()
+
+
+def fill(export_file: Path, out: Path, answer=lambda row: {"intent": "refund", "order_id": order_of(row)}) -> Path:
+    rows = [json.loads(line) for line in export_file.read_text().splitlines()]
+    for row in rows:
+        row["output"] = json.dumps(answer(row))
+        row["annotator"] = "tester"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def test_a_cycle_without_relabels_stops_and_says_how_to_fill_the_queue_then_the_labels_split_into_train_and_holdout(tmp_path):
+    from tuneloop.loop_stage import RoundRefused
+
+    project = traffic_project(tmp_path)
+    with pytest.raises(RoundRefused) as refused:
+        run_traffic_stages(project)
+    export_file = tmp_path / "loop" / "traffic" / "relabel-export.jsonl"
+    assert refused.value.stage == "relabel" and "no accepted relabeled rows: 9 failures wait" in refused.value.reasons[0]
+    assert str(export_file) in refused.value.advice and "tuneloop loop --labels" in refused.value.advice
+    assert len(export_file.read_text().splitlines()) == 9  # 8 broken answers + 1 disliked one, the good one passed
+
+    labels = fill(export_file, tmp_path / "labels.jsonl",
+                  lambda row: {"intent": "address_change" if "Berlin" in row["instruction"] else "refund",
+                               "order_id": order_of(row)})
+    round_, said = run_traffic_stages(project, labels=labels)
+    assert round_.outputs["relabel"]["accepted"] == 9 and round_.outputs["relabel"]["pending"] == 0
+    counts = round_.outputs["traffic split"]["counts"]
+    assert counts == {"accepted": 9, "train": 7, "holdout": 2}  # 9 groups × 0.25, rounded half up
+    train = load_samples(tmp_path / "data" / "traffic" / "relabeled.jsonl")
+    holdout = load_samples(tmp_path / "data" / "traffic" / "holdout.jsonl")
+    assert not {s.id for s in train} & {s.id for s in holdout}
+    assert all(s.meta.source == "traffic" and s.lineage.source_id.startswith("trace:") for s in train + holdout)
+    assert all(json.loads(s.output)["intent"] in ("refund", "address_change") for s in train + holdout)
+
+    # a rerun with nothing new reuses every stage but the pull (only the source knows what is new)
+    again, said = run_traffic_stages(project, labels=labels)
+    assert [r.status for r in again.records] == ["done", "skipped", "skipped", "skipped"], said
+    assert load_samples(tmp_path / "data" / "traffic" / "holdout.jsonl") == holdout
+
+
+def test_a_rejected_label_stops_the_cycle_naming_the_file_and_line(tmp_path):
+    from tuneloop.loop_stage import RoundRefused
+
+    project = traffic_project(tmp_path, broken=3)
+    with pytest.raises(RoundRefused):
+        run_traffic_stages(project)
+    labels = fill(tmp_path / "loop" / "traffic" / "relabel-export.jsonl", tmp_path / "labels.jsonl")
+    lines = labels.read_text().splitlines()
+    row = json.loads(lines[1])
+    row["output"] = json.dumps({"intent": "refund", "order_id": "N/A"})  # the SOP: an absent value is null
+    lines[1] = json.dumps(row)
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RoundRefused) as refused:
+        run_traffic_stages(project, labels=labels)
+    assert refused.value.reasons[0].startswith(f"{labels}, line 2 ({row['id']}): ")
+    assert "N/A" in refused.value.reasons[0] and "fix those rows" in refused.value.advice
+    assert refused.value.outputs["imported"] == 3

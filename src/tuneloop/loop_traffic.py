@@ -222,17 +222,19 @@ def relabel(round_: Round) -> dict[str, Any]:
             imported, rejected = len(result.accepted), list(result.rejected)
         exported = queue.export(export_file)
         counts = queue.counts()
-    for line, item_id, reason in rejected:
-        round_.say(f"[relabel] {labels}, line {line} ({item_id}): rejected: {reason}")
     accepted = counts["submitted"] + counts["reviewed"]
     pending = sum(counts[s] for s in OPEN)
     outputs = {"queued": queued, "imported": imported, "rejected": len(rejected), "accepted": accepted,
                "pending": pending, "exported": exported, "queue": counts, "export_file": str(export_file)}
+    if rejected:  # bad input stops the cycle, each row named; the rows that passed are already in the queue
+        raise RoundRefused("relabel", [f"{labels}, line {line} ({item_id}): {reason}" for line, item_id, reason in
+                                       rejected],
+                           f"fix those rows of {labels} (the other {imported} labels were accepted) and rerun "
+                           f"`tuneloop loop --labels {labels}`.", outputs)
     if not accepted:
-        raise RoundRefused("relabel", [f"no accepted relabeled rows: {pending} failures wait in the relabel queue"
-                                       + (f" ({len(rejected)} labels of {labels} rejected)" if rejected else "")],
-                           f"fill in the right answer of each row of {export_file} (its `label` field; the answer "
-                           "as the schema and the SOP want it) and import it with `tuneloop loop --labels "
+        raise RoundRefused("relabel", [f"no accepted relabeled rows: {pending} failures wait in the relabel queue"],
+                           f"fill in the right answer of each row of {export_file} (its `output` field, the answer "
+                           "as the schema and the SOP want it, and `annotator`) and import it with `tuneloop loop --labels "
                            f"{export_file}` (or `tuneloop loop relabel --import FILE`; `tuneloop loop relabel "
                            "--propose` lets an LLM endpoint propose labels for review).", outputs)
     return outputs
