@@ -178,10 +178,17 @@ def export_bad(
     eval_dir: Path = typer.Argument(..., help="Eval folder written by `tuneloop eval run`."),
     out: Path = typer.Option(None, "--out", help="Samples file to write (default: EVAL_DIR/bad_cases.jsonl)."),
     mode: str = typer.Option("unconstrained", "--mode", help="unconstrained | constrained | all."),
+    queue: bool = typer.Option(False, "--queue", help="Also queue a new variant of each failure (clone rules, its own "
+                                                      "id and source id; never the test item) in the project's "
+                                                      "relabel queue."),
 ) -> None:
     """Write failed answers as samples for relabeling, with lineage to their test items (parent_id = test id).
 
-    Example: tuneloop eval export-bad evals/after --out data/raw/relabel.jsonl
+    With --queue each failure also becomes a new message for the relabel queue: a clone-rule variant of the test
+    item whose prompt is not near-identical to any frozen val/test item (else it is not queued, and counted), so
+    no test item reaches train through the loop.
+
+    Example: tuneloop eval export-bad evals/after --queue
     """
     from tuneloop.data.io.formats import write_samples
     from tuneloop.eval.bad_cases import export_bad as export
@@ -189,7 +196,35 @@ def export_bad(
 
     if mode not in ("unconstrained", "constrained", "all"):
         raise UserError(f"--mode {mode}: expected unconstrained, constrained or all.")
-    samples = export(load_results(eval_dir), eval_dir, None if mode == "all" else mode)
+    results = load_results(eval_dir)
+    samples = export(results, eval_dir, None if mode == "all" else mode)
     out = out or eval_dir / "bad_cases.jsonl"
     write_samples(out, samples)
     console.print(f"{len(samples)} failures → {out} (augment_type eval_failure, difficulty hard)")
+    if queue:
+        _queue_variants(results, eval_dir, None if mode == "all" else mode)
+
+
+def _queue_variants(results: list[Any], eval_dir: Path, mode: str | None) -> None:
+    """Variants of the failures into the project's relabel queue, with what was not queued and why."""
+    from tuneloop.cli.data.create import load_pools
+    from tuneloop.traces.eval_queue import queue_eval_failures
+    from tuneloop.traces.frozen import frozen_items
+    from tuneloop.traces.queue import RelabelQueue
+    from tuneloop.traces.store import TraceStore
+
+    project = find_project()
+    config = project.config
+    with TraceStore(project.traces_db) as store:
+        outcome = queue_eval_failures(RelabelQueue(store), results, eval_dir, mode,
+                                      frozen=frozen_items(project.latest_round()), rules=config.augment.rules,
+                                      pools=load_pools(config.augment.pools, project.root), seed=config.augment.seed,
+                                      config=config.data.dedup, leakage=config.data.leakage)
+    console.print(f"relabel queue: {outcome.summary()}", highlight=False, soft_wrap=True)
+    for test_id, match in outcome.near_frozen[:10]:
+        console.print(f"  not queued: the variant of {test_id} has {match.message}", highlight=False, markup=False,
+                      soft_wrap=True)
+    if outcome.no_variant:
+        console.print(f"  no variant keeps the answer contract for: {', '.join(outcome.no_variant[:10])}",
+                      highlight=False, markup=False, soft_wrap=True)
+    console.print("label them with `tuneloop loop relabel --export FILE`", highlight=False)

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "tuneloop.cli.canary",
     "tuneloop.cli.rounds",
     "tuneloop.cli.loop",
+    "tuneloop.cli.loop_relabel",
 )
 
 for module in COMMAND_MODULES:
