@@ -170,3 +170,20 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_another_run_is_refused(dpo
     resumed = [m["loss"] for m in again.metrics if "loss" in m][6:]
     first = [m["loss"] for m in dpo_run.metrics if "loss" in m][6:]
     assert resumed == pytest.approx(first, abs=1e-3)  # the same policy, optimizer and reference as before the kill
+
+
+def test_tuneloop_train_dpo_runs_from_the_command_line(sft_run, pairs, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneloop.cli.main import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["train", "dpo", "--train", str(pairs[0]), "--val", str(pairs[1]), "--out",
+                                      str(out), "--model", str(sft_run.out_dir), "--beta", "0.2", "--loss-type", "ipo",
+                                      "--max-steps", "2", "--max-length", "120", "--quiet"])
+    assert result.exit_code == 0, result.output
+    run = read_json(out / "run.json")
+    assert run["beta"] == 0.2 and run["loss_type"] == "ipo" and "10 pairs" in result.output
+    no_pairs = CliRunner().invoke(app, ["train", "dpo", "--train", str(pairs[0]), "--out", str(tmp_path / "x"),
+                                        "--model", str(sft_run.out_dir), "--max-length", "20", "--quiet"])
+    assert no_pairs.exit_code == 2 and "no preference pair to train on" in no_pairs.output

@@ -203,3 +203,54 @@ def dpo(
                   f"{result.run['beta']}, {result.run['loss_type']}; reward margin "
                   f"{final.get('rewards/margins', '-')}, accuracy {final.get('rewards/accuracies', '-')}", highlight=False)
     _report(result)
+
+
+@train_app.command("grpo")
+@friendly_errors
+def grpo(
+    train: Path = typer.Option(None, "--train", help="JSONL whose prompts are rolled out (default: the latest round's train)."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<round>-grpo-<hash>)."),
+    project_dir: Path = typer.Option(Path("."), "--project", "-p", help="Project folder (default: here or a parent)."),
+    config_file: Path = typer.Option(None, "--config", help="YAML with `train:` and `align:` sections (overrides tuneloop.yaml)."),
+    model: str = typer.Option(None, "--model", help="SFT run folder, adapter folder or merged model (default: the "
+                              "project's newest SFT run)."),
+    schema_file: Path = typer.Option(None, "--schema", help="JSON Schema of the answer (default: the project's task.schema)."),
+    method: str = typer.Option(None, "--method", help="lora | qlora | full (an adapter is continued as LoRA)."),
+    num_generations: int = typer.Option(None, "--num-generations", help="Completions per prompt (align.num_generations)."),
+    max_completion_length: int = typer.Option(None, "--max-completion-length",
+                                              help="Longest completion (default: longest reference answer + margin)."),
+    preset: str = typer.Option(None, "--preset", help="Reward preset: strict | practice | format (align.preset)."),
+    constrained: bool = typer.Option(None, "--constrained/--sampled", help="Roll out through tuneloop's decoder "
+                                     "constrained to the schema, or TRL's sampling (align.constrained_rollouts)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    epochs: float = typer.Option(None, "--epochs", help="Passes over the prompts (align.epochs, default 1)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-5 LoRA, 1e-6 full)."),
+    max_length: int = typer.Option(None, "--max-length", help="Ceiling on prompt + completion tokens; longer prompts are quarantined."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over instead of resuming from the last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Reinforcement learning (GRPO) on the strict-JSON rewards, with the completion length derived from the data.
+
+    Example: tuneloop train grpo --model runs/r0001-lora-1a2b3c4d --num-generations 8 --max-steps 50
+    """
+    import json
+
+    inputs = _align_inputs("grpo", train, None, out, project_dir, config_file, model,
+                           {"method": method, "max_length": max_length},
+                           {"num_generations": num_generations, "max_completion_length": max_completion_length,
+                            "preset": preset, "constrained_rollouts": constrained, "max_steps": max_steps,
+                            "epochs": epochs, "learning_rate": lr})
+    train, _, out, model, system, settings, align, project = inputs
+    if schema_file is not None:
+        schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    else:
+        schema = project.schema() if project else None
+    from tuneloop.train.grpo import train_grpo
+
+    result = train_grpo(train, out, model, settings, align, system, schema, resume=not no_resume, progress=not quiet)
+    run, clipped = result.run, result.run["clipped_ratio"]
+    console.print(f"  {run['prompts']} prompts × {run['num_generations']} completions, max_completion_length "
+                  f"{run['max_completion_length']} ({run['max_completion_length_reason']}); cut completions "
+                  f"first {clipped['first']}, last {clipped['last']}; reward {run['reward'][-1:] or '-'}",
+                  highlight=False)
+    _report(result)
