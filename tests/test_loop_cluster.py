@@ -97,9 +97,10 @@ def _failure(index: int, prompt: str) -> Failure:
     return Failure(id=f"failure:t{index}", trace_id=f"t{index}", reasons=["not JSON"], sample=Sample(instruction=prompt))
 
 
-def test_degenerate_inputs():
+def test_degenerate_inputs(tmp_path):
     empty = cluster_failures([], ClusterConfig())
     assert (empty.k, empty.clusters, empty.labels) == (0, [], [])
+    assert "(none)" in cluster_report(empty, [], tmp_path / "empty.html").read_text(encoding="utf-8")
     one = cluster_failures([_failure(0, "refund please")], ClusterConfig(), vectors=np.ones((1, 4)))
     assert (one.k, one.labels, one.clusters[0].size) == (1, [0], 1)
     same = [_failure(i, "refund please") for i in range(6)]

