@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from tuneloop.serve.requests import SMOKE_HEADER
 from tuneloop.serve.server import serve_in_background
 from tuneloop.traces.store import TraceStore
 
@@ -24,7 +25,7 @@ def test_fifty_clients_for_thirty_seconds_get_no_5xx_and_leave_every_trace(tiny_
 
         def client(number: int) -> list[tuple[int, str | None]]:
             seen = []
-            with httpx.Client(base_url=base_url, timeout=60) as http:
+            with httpx.Client(base_url=base_url, timeout=60, headers={SMOKE_HEADER: "1"}) as http:
                 while time.monotonic() < deadline:
                     body = {"model": "tiny", "messages": [{"role": "user", "content": f"client {number}"}],
                             "max_tokens": 4, "temperature": 1.0}
@@ -46,4 +47,5 @@ def test_fifty_clients_for_thirty_seconds_get_no_5xx_and_leave_every_trace(tiny_
         constrained = [t for t in store.traces() if t.response_format]
     assert {trace_id for _, trace_id in results} <= stored and len(stored) == len(results)
     assert constrained and all(t.schema_valid for t in constrained)
+    assert all(t.smoke for t in store.traces()), "the load test's own traffic must never become data"
     assert health["largest_batch"] > 1

@@ -320,6 +320,7 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
     from tuneloop.llm_client import Endpoint, LLMError
     from tuneloop.data.io.formats import load_samples
     from tuneloop.records import to_messages
+    from tuneloop.serve.requests import SMOKE_HEADER
     from tuneloop.serve.server import serve_in_background
 
     project, export_dir, round_dir, schema, system = (round_.project, round_.export_dir, round_.round_dir,
@@ -338,7 +339,8 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
         endpoint.model = endpoint.client.models.list().data[0].id
         started = time.time()
         try:
-            reply = endpoint.create(messages=messages, response_format=response_format, max_tokens=200, temperature=0)
+            reply = endpoint.create(messages=messages, response_format=response_format, max_tokens=200, temperature=0,
+                                    extra_headers={SMOKE_HEADER: "1"})  # stored smoke=1: never data
         except LLMError as err:
             raise RoundRefused("serve smoke", [f"the server refused the smoke request: {err}"], advice, outputs) from err
         latency = time.time() - started

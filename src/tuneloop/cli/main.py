@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "tuneloop.cli.sop",
     "tuneloop.cli.canary",
     "tuneloop.cli.rounds",
+    "tuneloop.cli.traces",
     "tuneloop.cli.loop",
     "tuneloop.cli.loop_relabel",
 )

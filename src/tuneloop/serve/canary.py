@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from tuneloop.records import Trace
 from tuneloop.serve.outcome import judge_output
-from tuneloop.serve.requests import BadRequest, parse_json_object, read_body
+from tuneloop.serve.requests import SMOKE_HEADER, BadRequest, is_smoke, parse_json_object, read_body
 from tuneloop.traces.store import TraceStore, TraceStoreError, new_trace_id
 
 STATE_KEY = "canary"
@@ -188,9 +188,9 @@ def create_router(config: CanaryConfig, trace_store_path: str) -> FastAPI:
         return await call_next(request)
 
     def forwarded(request: Request) -> dict[str, str]:
-        """The caller's credentials, passed on to the backend it is routed to."""
+        """The caller's credentials (and its smoke mark), passed on to the backend it is routed to."""
         auth = request.headers.get("authorization")
-        return {"authorization": auth} if auth else {}
+        return {**({"authorization": auth} if auth else {}), **({SMOKE_HEADER: "1"} if is_smoke(request) else {})}
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -240,7 +240,7 @@ def create_router(config: CanaryConfig, trace_store_path: str) -> FastAPI:
                 response_format=body.get("response_format"), latency_ms=latency_ms,
                 prompt_tokens=(usage or {}).get("prompt_tokens", 0), completion_tokens=(usage or {}).get("completion_tokens", 0),
                 json_valid=outcome.json_valid, schema_valid=outcome.schema_valid, refusal=outcome.refusal,
-                finish_reason=finish, error=error, status_code=status_code))
+                finish_reason=finish, error=error, status_code=status_code, smoke=is_smoke(request)))
             gate.observe({"arm": arm, "json_valid": outcome.json_valid, "schema_valid": outcome.schema_valid,
                           "refusal": outcome.refusal, "latency_ms": latency_ms, "error": error,
                           "constrained": body.get("response_format") is not None})

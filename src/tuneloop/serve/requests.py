@@ -16,6 +16,15 @@ from starlette.requests import ClientDisconnect, Request
 
 from tuneloop.decoding.grammar import ResponseFormatError, check_response_format
 
+# tuneloop's own check traffic (the round's serve smoke, the load test) says so; its traces are stored smoke=1
+# and never become data
+SMOKE_HEADER = "X-Tuneloop-Smoke"
+
+
+def is_smoke(request: Request) -> bool:
+    return request.headers.get(SMOKE_HEADER, "").strip().lower() in ("1", "true", "yes")
+
+
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MESSAGE_KEYS = {"role", "content", "name"}
 # OpenAI fields that change what an answer is: the server does not implement them, so it says so

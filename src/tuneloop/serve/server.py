@@ -41,7 +41,7 @@ from tuneloop.decoding.grammar import ResponseFormatError
 from tuneloop.decoding.validity import constrained_failure
 from tuneloop.serve.batching import BatchingGenerator, QueueFull
 from tuneloop.serve.outcome import Outcome, judge_output
-from tuneloop.serve.requests import BadRequest, chat_messages, parse_chat, parse_json_object, read_body
+from tuneloop.serve.requests import BadRequest, chat_messages, is_smoke, parse_chat, parse_json_object, read_body
 from tuneloop.traces.store import TraceStore, new_trace_id
 from tuneloop.train import templates
 
@@ -161,7 +161,7 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
             return _error(err.status, str(err))
         except ResponseFormatError as err:
             return _error(400, f"bad response_format: {err}")
-        trace_id, started = new_trace_id(), time.perf_counter()
+        trace_id, started, smoke = new_trace_id(), time.perf_counter(), is_smoke(request)
 
         def trace(result: GenerationResult | None, error: str | None = None) -> Outcome:
             output = result.text if result else ""
@@ -176,7 +176,7 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
                 latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=len(prompt_ids),
                 completion_tokens=result.completion_tokens if result else 0, json_valid=outcome.json_valid,
                 schema_valid=outcome.schema_valid, refusal=outcome.refusal,
-                finish_reason=finish, user=body.user, error=error,
+                finish_reason=finish, user=body.user, error=error, smoke=smoke,
             ))
             return outcome
 

@@ -280,5 +280,6 @@ def _to_trace(row: tuple[Any, ...]) -> Trace:
         data[column] = json.loads(data[column]) if data[column] else None
     for column in _BOOL_COLUMNS:
         data[column] = _bool(data[column])
-    extra = json.loads(data.pop("extra")) if data.get("extra") else {}
+    raw_extra = data.pop("extra")  # popped even when NULL: else every plain trace came back with an `extra` field
+    extra = json.loads(raw_extra) if raw_extra else {}
     return Trace(**data, **extra)
