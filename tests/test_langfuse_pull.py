@@ -297,3 +297,23 @@ def test_tuneloop_traces_pull_from_langfuse_prints_counts_and_the_deprecation(tm
     assert shown.exit_code == 0, shown.output
     assert "Order 1182 arrived broken" in shown.output and "refund amount missing" in shown.output
     assert '{"order": "1182"}' in shown.output and "langfuse-score:s" in shown.output
+
+
+def test_a_generation_without_input_or_output_takes_the_traces_own():
+    from tuneloop.traces.langfuse_map import to_trace
+
+    trace = {"id": "t", "timestamp": iso(T0), "input": {"messages": PROMPT}, "output": {"order": "1182"}}
+    generation = {"id": "g", "traceId": "t", "startTime": iso(T0), "model": "m", "input": None, "output": None}
+    mapped = to_trace(trace, [generation])
+    assert mapped.messages == PROMPT and mapped.output == '{"order": "1182"}' and mapped.json_valid is True
+
+
+def test_a_trace_without_observations_is_counted_and_its_observations_never_asked_for(store):
+    fake = FakeLangfuse("v3")
+    ticket_traffic(fake, 2)
+    fake.observations = [o for o in fake.observations if o["traceId"] != "t1"]
+    fake.traces[1]["observations"] = []
+    with fake.serve() as url:
+        result = pull(url, store, api="v3")
+    assert result.pulled == 1 and result.skipped == {"trace(s) without a generation (nothing a model answered)": 1}
+    assert [p["traceId"] for p in fake.calls(OBSERVATIONS_V1)] == [["t0"]]

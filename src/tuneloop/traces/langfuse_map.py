@@ -165,7 +165,9 @@ def to_trace(trace: dict[str, Any], generations: list[dict[str, Any]]) -> Trace:
     generation = last_generation(generations)
     metadata = {**(trace.get("metadata") if isinstance(trace.get("metadata"), dict) else {}),
                 **(generation.get("metadata") if isinstance(generation.get("metadata"), dict) else {})}
-    text, finish = output_text(generation.get("output"))
+    # some SDKs log the prompt and answer on the trace only: the generation's own win where it has them
+    answer = generation.get("output") if generation.get("output") is not None else trace.get("output")
+    text, finish = output_text(answer)
     finish = metadata.get("finish_reason") or metadata.get("finishReason") or finish
     response_format = _response_format(generation)
     outcome = judge_output(text, response_format)
@@ -180,7 +182,8 @@ def to_trace(trace: dict[str, Any], generations: list[dict[str, Any]]) -> Trace:
         id=f"langfuse:{trace_id}", source_id=f"langfuse:{trace_id}", created_at=created,
         model=generation.get("model") or metadata.get("model") or "unknown",
         model_version=generation.get("version") or trace.get("version") or trace.get("release"),
-        messages=messages_from_input(generation.get("input")), output=text, response_format=response_format,
+        messages=messages_from_input(generation.get("input")) or messages_from_input(trace.get("input")),
+        output=text, response_format=response_format,
         latency_ms=_latency_ms(generation, trace), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         json_valid=outcome.json_valid, schema_valid=outcome.schema_valid, refusal=outcome.refusal,
         finish_reason=finish, user=trace.get("userId"), session_id=trace.get("sessionId"), tags=tags or None,

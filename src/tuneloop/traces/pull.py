@@ -268,7 +268,8 @@ def _pull_langfuse_traces(store: TraceStore, client: LangfuseClient, api: str, s
             if _known(store, f"langfuse:{item['id']}") is not None:  # no need to ask for its generations again
                 result.skipped_existing += 1
                 continue
-            generations = client.generations_v3(item["id"])
+            # the list names each trace's observations: none, no request for them
+            generations = client.generations_v3(item["id"]) if item.get("observations") != [] else []
             keep(to_trace(item, generations) if generations else None)
         return newest
     by_trace: dict[str, list[dict[str, Any]]] = {}
