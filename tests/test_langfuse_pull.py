@@ -209,6 +209,17 @@ def test_auto_detects_the_generation_by_the_v2_observations_endpoint(tmp_path):
         assert (TRACES in used) is (api == "v3") and (SCORES_V3 in used) is (api == "v4")
 
 
+def test_a_server_with_v2_observations_but_no_v3_scores_reads_the_v2_scores_when_detected(tmp_path):
+    fake = FakeLangfuse("v4")
+    ticket_traffic(fake, 1)
+    fake.add_score("s", "t0", T0 + 5, value=False, comment="no")
+    fake.missing = {SCORES_V3}
+    with TraceStore(tmp_path / "a.db") as fresh, fake.serve() as url:
+        assert pull(url, fresh, api="auto").feedback == 1
+        with pytest.raises(LangfuseError, match="no /api/public/v3/scores .HTTP 404.*loop.langfuse.api"):
+            pull(url, fresh, api="v4")  # set by hand: the server is not what the config says
+
+
 def test_wrong_keys_missing_keys_and_a_missing_host_are_clear_errors(store, monkeypatch):
     fake = FakeLangfuse("v3")
     with fake.serve() as url:

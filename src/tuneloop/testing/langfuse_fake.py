@@ -63,6 +63,7 @@ class FakeLangfuse:
         self.requests: list[tuple[str, dict[str, list[str]]]] = []
         self.faults: dict[str, list[tuple[int | None, dict[str, str], Any, float]]] = {}
         self.notices: dict[str, dict[str, Any]] = {}
+        self.missing: set[str] = set()  # endpoints this server does not have (404), e.g. a version between two
         self.stale_total_pages = False  # v3: totalPages one higher than the truth (a count that lags the data)
         self.url = ""
 
@@ -142,7 +143,7 @@ class FakeLangfuse:
                   "/api/public/v2/scores": self._scores_v2}
         if self.api == "v4":
             routes.update({"/api/public/v2/observations": self._observations_v2, "/api/public/v3/scores": self._scores_v3})
-        if path not in routes:
+        if path not in routes or path in self.missing:
             return 404, {}, {"message": "Route not found", "error": "NotFound"}
         try:
             status, body = routes[path](one, query)

@@ -271,6 +271,22 @@ class LangfuseClient:
                 continue
             yield generation
 
+    def scores(self, since: float | None, until: float | None) -> Iterator[dict[str, Any]]:
+        """The window's scores from this generation's endpoint; detected v4 without v3 scores (a server between
+        the two) reads the v2 scores instead."""
+        if self.generation() == "v3":
+            yield from self.scores_v3(since, until)
+            return
+        yielded = False
+        try:
+            for score in self.scores_v4(since, until):
+                yielded = True
+                yield score
+        except _NotFound:
+            if yielded or self.config.api != "auto":
+                raise
+            yield from self.scores_v3(since, until)
+
     def scores_v4(self, since: float | None, until: float | None) -> Iterator[dict[str, Any]]:
         params = {"fields": "details,subject", "limit": min(self.config.page_size, SCORES_MAX_LIMIT),
                   "environment": self.config.environment,

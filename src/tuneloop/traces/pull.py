@@ -218,8 +218,7 @@ def _pull_langfuse(store: TraceStore, client: LangfuseClient, config: LoopConfig
     newest_trace = _pull_langfuse_traces(store, client, api, traces_from, until, result)
     pending = state.get("pending_scores", [])
     rows, newest_score = [], scores_from
-    scores = client.scores_v3(scores_from, until) if api == "v3" else client.scores_v4(scores_from, until)
-    for score in scores:
+    for score in client.scores(scores_from, until):
         if not in_window(score.get("timestamp"), scores_from, until):
             continue
         row = feedback_row(score)
