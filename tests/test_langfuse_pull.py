@@ -11,7 +11,7 @@ from tuneloop.project import LoopConfig
 from tuneloop.testing.langfuse_fake import FakeLangfuse, iso
 from tuneloop.traces.langfuse import LangfuseClient, LangfuseError
 from tuneloop.traces.langfuse_map import timestamp
-from tuneloop.traces.pull import pull_traces
+from tuneloop.traces.pull import LANGFUSE_LAG_S, pull_traces
 from tuneloop.traces.store import TraceStore
 
 T0 = 1_767_000_000.0  # 2025-12-29T09:20:00Z
@@ -99,12 +99,23 @@ def test_a_second_pull_adds_nothing_and_a_third_only_what_is_new(api, store):
         third = pull(url, store, api=api)
     assert (first.pulled, first.feedback) == (3, 1)
     assert (second.pulled, second.feedback) == (0, 0)
-    assert second.skipped_existing <= 1  # only what sits exactly at the cursor is seen again
+    assert second.skipped_existing == 3  # all within the 15 minutes each pull looks back again
     assert (third.pulled, third.feedback) == (1, 2)
     assert store.count() == 4 and len(store.feedback()) == 3
-    # the stored cursor moved: the third pull asked only for what is newer than the second one saw
+    # the stored cursor moved: the third pull asked from 15 minutes before the newest trace the second one saw
     params = fake.calls(TRACES if api == "v3" else OBSERVATIONS_V2)[-1]
-    assert timestamp((params.get("fromTimestamp") or params.get("fromStartTime"))[0]) >= T0 + 120
+    start = timestamp((params.get("fromTimestamp") or params.get("fromStartTime"))[0])
+    assert start == pytest.approx(T0 + 120 - LANGFUSE_LAG_S, abs=0.02)
+
+
+def test_a_trace_listed_late_just_behind_the_cursor_is_still_pulled(store):
+    fake = FakeLangfuse("v3")
+    ticket_traffic(fake, 2)  # T0, T0 + 60
+    with fake.serve() as url:
+        assert pull(url, store, api="v3").pulled == 2
+        fake.add_trace("late", T0 + 30, PROMPT, "listed ten minutes after its timestamp")
+        assert pull(url, store, api="v3").pulled == 1
+    assert store.get("langfuse:late").output.startswith("listed")
 
 
 def test_a_score_whose_trace_arrives_later_waits_and_is_attached(store):

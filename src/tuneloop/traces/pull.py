@@ -10,8 +10,8 @@ langfuse      traces + their generations + scores (traces.langfuse)     state pu
 
 Every trace keeps its origin in `source_id` (`store:<id>`, `langfuse:<trace id>`), every feedback row its origin
 in `feedback.source_id` (`langfuse-score:<id>`), both unique: a second pull adds nothing twice. A pull resumes where
-the last one ended (the newest timestamp it saw, inclusive: what sits exactly there is seen again and skipped) unless
-`since` is given. A score whose trace is not here yet (outside the window, or ingested later) waits in the pull state
+the last one ended (the newest timestamp it saw, inclusive: what sits exactly there is seen again and skipped; from
+Langfuse 15 minutes before it, as its lists can lag) unless `since` is given. A score whose trace is not here yet (outside the window, or ingested later) waits in the pull state
 and is attached by a later pull: feedback is never dropped. Smoke traffic keeps its flag.
 """
 
@@ -30,6 +30,9 @@ from tuneloop.traces.langfuse import LangfuseClient, LangfuseError, in_window
 from tuneloop.traces.langfuse_map import feedback_row, iso, timestamp, to_trace, trace_of_generations
 from tuneloop.traces.store import _TRACE_COLUMNS, TraceStore, _to_trace
 
+# Langfuse's list endpoints may show a trace or score up to ~10 minutes after its timestamp: each pull looks this
+# far behind its cursor again (what it sees twice is skipped by origin id), so nothing late is passed over
+LANGFUSE_LAG_S = 900.0
 MAX_PENDING_SCORES = 10_000  # scores kept waiting for their trace; the oldest go first, with a warning
 
 
@@ -212,12 +215,17 @@ def _pull_langfuse(store: TraceStore, client: LangfuseClient, config: LoopConfig
     api = client.generation()
     say(f"Langfuse {api} API at {client.host}")
     until = until if until is not None else time.time()
-    traces_from = since if since is not None else state.get("traces_from", _default_since(config))
-    scores_from = since if since is not None else state.get("scores_from", _default_since(config))
+    def start(key: str) -> float | None:
+        if since is not None:
+            return since
+        cursor = state.get(key)
+        return cursor - LANGFUSE_LAG_S if cursor is not None else _default_since(config)
+
+    traces_from, scores_from = start("traces_from"), start("scores_from")
 
     newest_trace = _pull_langfuse_traces(store, client, api, traces_from, until, result)
     pending = state.get("pending_scores", [])
-    rows, newest_score = [], scores_from
+    rows, newest_score = [], None
     for score in client.scores(scores_from, until):
         if not in_window(score.get("timestamp"), scores_from, until):
             continue
@@ -235,10 +243,10 @@ def _pull_langfuse(store: TraceStore, client: LangfuseClient, config: LoopConfig
                                "were let go; pull with an earlier --since to bring those traces in.")
         waiting = sorted(waiting, key=lambda row: row["created_at"])[-MAX_PENDING_SCORES:]
     result.pending_feedback = len(waiting)
-    traces_cursor = max(filter(None, [newest_trace, traces_from, state.get("traces_from")]), default=None)
+    traces_cursor = max(filter(None, [newest_trace, since, state.get("traces_from")]), default=None)
     store.set_state("pull:langfuse", {
         "host": client.host, "api": api, "traces_from": traces_cursor,
-        "scores_from": max(filter(None, [newest_score, state.get("scores_from")]), default=None),
+        "scores_from": max(filter(None, [newest_score, since, state.get("scores_from")]), default=None),
         "pending_scores": waiting})
     result.cursor = iso(traces_cursor) if traces_cursor else None
     result.warnings[:0] = client.warnings
