@@ -138,3 +138,12 @@ def test_export_bad_queue_command_feeds_the_project_queue(tmp_path, monkeypatch)
     assert "not queued: the variant of t-espresso" in done.output
     with TraceStore(tmp_path / "traces.db") as store:
         assert RelabelQueue(store).counts()["pending"] == 2
+
+
+def test_an_item_that_failed_in_both_modes_gets_one_new_message(tmp_path):
+    both = results() + [r.model_copy(update={"mode": "constrained"}) for r in results()]
+    with TraceStore(tmp_path / "traces.db") as store:
+        queue = RelabelQueue(store)
+        outcome = queue_eval_failures(queue, both, tmp_path / "evals" / "after", mode=None)
+        assert outcome.failures == 3 and outcome.queued == 2
+        assert sorted(i.sample.failure["eval_item"] for i in queue.items()) == ["t-kettle", "t-lamp"]

@@ -4,8 +4,6 @@ through real files, two writers, proposals from a loopback OpenAI-compatible ser
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +17,7 @@ from tuneloop.data.io.formats import load_samples, write_samples
 from tuneloop.llm_client import Endpoint, EndpointConfigError
 from tuneloop.project import LabelRule, LoopConfig
 from tuneloop.records import Sample, Trace
+from tuneloop.testing.loopback import serve_app
 from tuneloop.traces.frozen import frozen_items
 from tuneloop.traces.queue import LabelRejected, QueueConflict, QueueError, RelabelQueue
 from tuneloop.traces.relabel import LabelCheck
@@ -360,23 +359,10 @@ class ProposingModel:
 
 @pytest.fixture(scope="module")
 def proposer():
-    import uvicorn
-
     fake = ProposingModel()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the loopback endpoint did not start"
-    fake.base_url = f"http://127.0.0.1:{port}/v1"
-    yield fake
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(fake.app) as base:
+        fake.base_url = base + "/v1"
+        yield fake
 
 
 def test_proposals_are_stored_beside_the_row_and_never_become_labels(traffic, proposer):
@@ -442,3 +428,19 @@ def test_loop_relabel_command_exports_imports_and_shows_the_status(tmp_path, mon
     assert f"{export}, line 2: {rows[1]['id']}:" in done.output
     status = runner.invoke(app, ["loop", "relabel", "--status"])
     assert status.exit_code == 0 and "submitted" in status.output and "queued 0 new failures" in status.output
+
+
+def test_a_row_marked_discard_discards_the_item_and_is_counted(traffic):
+    queue = traffic.queue
+    queue.add_failures(traffic.failures)
+    path = traffic.dir / "export.jsonl"
+    queue.export(path)
+    rows = exported(path)
+    rows[0].update(discard=True, comment="not a failure: the user was testing")
+    fill(path, rows)
+    result = queue.import_labels(path, SCHEMA, annotator="ana")
+    assert (result.discarded, result.skipped, len(result.accepted)) == (1, 3, 0)
+    assert "discarded 1" in result.summary()
+    item = queue.get(rows[0]["id"])
+    assert (item.status, item.annotator, item.comment) == ("discarded", "ana", "not a failure: the user was testing")
+    assert queue.export(path) == 3  # a discarded row no longer waits

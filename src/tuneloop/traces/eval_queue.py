@@ -86,7 +86,7 @@ def variant_of(test: Sample, raw: str, rules: Sequence[str], pools: Mapping[str,
 
 def queued_sample(test: Sample, variant: Sample, kind: str, result: EvalResult, eval_name: str) -> Sample:
     """The row to queue: the variant's prompt, its own identity, nothing of the test item but `failure.eval_item`."""
-    variant_id = "evalvar-" + content_hash(eval_name, result.mode, test.id, variant.input, length=16)
+    variant_id = "evalvar-" + content_hash(eval_name, test.id, variant.input, length=16)
     meta = Meta(task_type=test.meta.task_type, difficulty=test.meta.difficulty, domain=test.meta.domain,
                 version=test.meta.version, source=f"eval:{eval_name}")
     return Sample(
@@ -104,12 +104,16 @@ def queue_eval_failures(queue: RelabelQueue, results: Sequence[EvalResult], eval
                         rules: Sequence[str] = tuple(RULES), pools: Mapping[str, Sequence[str]] | None = None,
                         seed: int = 0, config: DedupConfig | None = None,
                         leakage: LeakageConfig | None = None) -> EvalQueueResult:
-    """Queue a variant of every failed answer of one mode (all modes when None).
+    """Queue a variant of every failed test item, in one mode (all modes when None: one variant per item).
 
     `frozen`: the latest round's val/test items; every test item of this eval is compared as well."""
     config = config or DedupConfig()
     name = Path(eval_dir).resolve().name
-    bad = failed(list(results), mode)
+    # a test item that failed in both modes gets one new message (with the first mode's reasons)
+    first: dict[str, EvalResult] = {}
+    for result in failed(list(results), mode):
+        first.setdefault(result.sample_id, result)
+    bad = list(first.values())
     tests = {r.sample_id: Sample.model_validate(r.sample) for r in results}
     guard = {k: list(v) for k, v in (frozen or {}).items()}
     known = {s.id for items in guard.values() for s in items}

@@ -184,6 +184,9 @@ def _read_row(queue: RelabelQueue, number: int, line: str, seen: dict[str, int],
     if row.get("discard") is True:
         if not who:
             return Rejection(number, item_id, "who discards it? fill in annotator or pass --annotator NAME")
+        if item.status in ACCEPTED and version is None:
+            return Rejection(number, item_id, f"already labeled ({item.status} by {item.annotator}); export again "
+                                              "to discard it (the export carries its version)")
         return _Candidate(number, item, None, who, comment)
     output = row.get("output")
     if isinstance(output, (dict, list)):  # a JSON answer written as an object: its serialized text is the label
