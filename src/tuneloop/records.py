@@ -199,6 +199,15 @@ class PreferencePair(BaseModel):
     rejected: str
     source_id: str | None = None
 
+    def trl_row(self) -> dict[str, Any]:
+        """TRL's conversational preference row (DPOTrainer): the prompt's messages, each answer one assistant turn.
+
+        >>> PreferencePair(id="a", prompt=[{"role": "user", "content": "Q"}], chosen="1", rejected="2").trl_row()["chosen"]
+        [{'role': 'assistant', 'content': '1'}]
+        """
+        return {"id": self.id, "prompt": self.prompt, "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
+
 
 class Trace(BaseModel):
     """One served request and answer, as the trace store and Langfuse keep it."""

@@ -30,6 +30,7 @@ export_app = group("export", "Exports: merged model, LLaMA-Factory files.")
 sop_app = group("sop", "The annotation SOP of a project.")
 canary_app = group("canary", "Canary rollouts between two served models.")
 rounds_app = group("rounds", "Data rounds of a project.")
+sample_app = group("sample", "Sampling from a model: best-of-N candidates into SFT positives and DPO pairs.")
 traces_app = group("traces", "Traffic into the trace store (the store itself, another traces.db, Langfuse) and a look at it.")
 loop_app = group("loop", "Real traffic back into data: failures selected, clustered, relabeled.")
 loop_app.info.no_args_is_help = False  # `tuneloop loop` alone runs the whole cycle (its callback)
@@ -41,6 +42,6 @@ def root(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
     set_debug(debug)
 
 
-for sub in (data_app, models_app, train_app, eval_app, export_app, sop_app, canary_app, rounds_app, traces_app,
-            loop_app):
+for sub in (data_app, models_app, train_app, sample_app, eval_app, export_app, sop_app, canary_app, rounds_app,
+            traces_app, loop_app):
     app.add_typer(sub)

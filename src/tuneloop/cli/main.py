@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "tuneloop.cli.models",
     "tuneloop.cli.data",
     "tuneloop.cli.train",
+    "tuneloop.cli.sample",
     "tuneloop.cli.eval",
     "tuneloop.cli.export",
     "tuneloop.cli.sop",

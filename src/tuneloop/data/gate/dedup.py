@@ -10,6 +10,7 @@ samples ─▶ normalize prompt / output; answer key: canonical JSON (JSON answe
         ─▶ exact Jaccard ≥ threshold (≥ same_seed_threshold for one seed's variants), same sample type
         ─▶ same answer: a duplicate edge          other answer: a sibling edge (kept, reported)
         ─▶ duplicate clusters (union-find) ─▶ keep the best copy: reviewed > annotated > original > augmented
+           (a copy's `rejected` moves onto a kept copy without one; a copy with another `rejected` stays)
         ─▶ template families: all edges joined; the split keeps each family on one side
 ```
 "The same answer" is decided explicitly: JSON answers are parsed and compared canonically (key order, spacing,
@@ -305,13 +306,25 @@ def _keep_best(samples: Sequence[Sample], labels: np.ndarray, conflicted: np.nda
     sizes = np.bincount(labels)
     in_cluster = np.flatnonzero((sizes[labels] > 1) & ~conflicted)
     drop: set[int] = set()
+    carried: dict[int, Sample] = {}
     result = DedupResult(kept=[])
     for cluster in _groups_of(labels, in_cluster).values():
         best = max(cluster, key=lambda i: (samples[i].quality, -i))
         kinds = set()
+        held = {samples[best].rejected} - {None}
         for index in cluster:
             if index == best:
                 continue
+            worse = samples[index].rejected
+            # a `rejected` answer is a preference label too: an exact copy's goes onto the kept row when that row
+            # has none (with the id it came from); any other copy with a `rejected` of its own stays a row
+            if worse is not None and worse not in held:
+                held.add(worse)
+                if samples[best].rejected is None and best not in carried and prompts[index] == prompts[best]:
+                    carried[best] = samples[best].model_copy(update={"rejected": worse,
+                                                                     "rejected_from": samples[index].id})
+                else:
+                    continue
             if prompts[index] == prompts[best]:
                 kind, score = "exact-row", 1.0
             else:
@@ -328,6 +341,6 @@ def _keep_best(samples: Sequence[Sample], labels: np.ndarray, conflicted: np.nda
     keep = ~conflicted
     keep[list(drop)] = False
     kept_rows = np.flatnonzero(keep)
-    result.kept = [samples[i] for i in kept_rows.tolist()]
+    result.kept = [carried.get(i, samples[i]) for i in kept_rows.tolist()]
     result.clusters.sort(key=lambda c: -c["size"])
     return result, kept_rows

@@ -72,6 +72,11 @@ class MixResult:
     deficit: dict[str, int] = field(default_factory=dict)
     pairs: int = 0  # golden rows that received a negative twin's answer as `rejected`
 
+    @property
+    def dpo_pairs(self) -> int:
+        """Train rows carrying a `rejected` answer: the ones they brought (best-of-N, a user's pairs) and the twins'."""
+        return sum(1 for sample in self.train if sample.rejected is not None)
+
     def table(self) -> list[dict[str, object]]:
         total_before, total_after = sum(self.before.values()) or 1, sum(self.after.values()) or 1
         kinds = list(dict.fromkeys([*self.target, *self.before]))

@@ -41,7 +41,8 @@ def build_manifest(run: GateRun, counts: dict[str, int], failures: list[str], co
         "template_siblings": run.dedup.siblings,
         "leakage": {"passed": run.leakage.passed, "allowed": run.leakage.allowed, "counts": run.leakage.counts(),
                     "hits": [h.as_row() for h in run.leakage.hits]},
-        "mix": {"table": run.mix.table(), "deficit": run.mix.deficit, "dpo_pairs": run.mix.pairs},
+        "mix": {"table": run.mix.table(), "deficit": run.mix.deficit, "dpo_pairs": run.mix.dpo_pairs,
+                "negative_twin_pairs": run.mix.pairs},
         "mix_dropped": [s.id for s in run.mix.dropped],
         "over_length": run.check.over_length,
         "timings_s": run.timings,
@@ -98,7 +99,8 @@ def build_report(run: GateRun, manifest: dict[str, Any]) -> str:
             _histogram(run.check.answer_tokens, "answer tokens per row"),
         ),
         html.section("Sample-type mix", _mix_plot(run.mix.table()), html.table(run.mix.table()),
-                     html.paragraph(f"{run.mix.pairs} golden rows carry a negative twin's answer as `rejected` (DPO).")),
+                     html.paragraph(f"{run.mix.dpo_pairs} train rows carry a `rejected` answer (DPO pairs); "
+                                    f"{run.mix.pairs} of them got a negative twin's answer here.")),
         html.section(
             "Duplicates",
             html.paragraph(f"{counts['duplicates_removed']} rows removed in {len(run.dedup.clusters)} clusters; "

@@ -232,7 +232,7 @@ def counts_of(run: GateRun) -> dict[str, int]:
         "carried_over": run.split.carried_over,
         "groups_too_large_for_val_test": run.split.oversized,
         "relabeled": len(run.split.relabeled),
-        "dpo_pairs": run.mix.pairs,
+        "dpo_pairs": run.mix.dpo_pairs,
         "leak_hits": len(run.leakage.hits),
         "pii_redacted": sum(run.pii.values()),
     }
