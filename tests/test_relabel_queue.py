@@ -444,3 +444,28 @@ def test_a_row_marked_discard_discards_the_item_and_is_counted(traffic):
     item = queue.get(rows[0]["id"])
     assert (item.status, item.annotator, item.comment) == ("discarded", "ana", "not a failure: the user was testing")
     assert queue.export(path) == 3  # a discarded row no longer waits
+
+
+def test_loop_relabel_propose_command_stores_proposals_and_fails_on_a_failed_request(tmp_path, monkeypatch, proposer):
+    from tuneloop.cli.main import app
+    from tuneloop.project import Project
+    from tuneloop.traces.select import failures_path, write_failures
+
+    (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
+    (tmp_path / "tuneloop.yaml").write_text(f"task:\n  schema: ticket.schema.json\n  system: {SYSTEM}\n"
+                                            "augment:\n  llm:\n    max_retries: 0\n")
+    project = Project.load(tmp_path)
+    with TraceStore(project.traces_db) as store:
+        record_traffic(store)
+        write_failures(failures_path(project), select_failures(store, SCHEMA, LoopConfig(), system=SYSTEM).failures)
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["loop", "relabel", "--propose", "--base-url", proposer.base_url, "--model", "strong"])
+    assert done.exit_code == 1, done.output  # the hoodie request failed: an error, not a label
+    assert "asked 4 = proposed 2 + invalid 1 + failed requests 1" in done.output
+    assert "request failed:" in done.output
+    with TraceStore(project.traces_db) as store:
+        items = RelabelQueue(store).items()
+    assert sum(bool(i.proposal) for i in items) == 2 and all(i.status == "pending" for i in items)
+    missing = CliRunner().invoke(app, ["loop", "relabel", "--propose"], env={"TUNELOOP_LLM_BASE_URL": "",
+                                                                            "TUNELOOP_LLM_MODEL": ""})
+    assert missing.exit_code == 2 and "--base-url URL --model M" in missing.output
