@@ -147,3 +147,14 @@ def test_an_item_that_failed_in_both_modes_gets_one_new_message(tmp_path):
         outcome = queue_eval_failures(queue, both, tmp_path / "evals" / "after", mode=None)
         assert outcome.failures == 3 and outcome.queued == 2
         assert sorted(i.sample.failure["eval_item"] for i in queue.items()) == ["t-kettle", "t-lamp"]
+
+
+def test_export_bad_queue_outside_a_project_is_an_error_before_anything_is_written(tmp_path, monkeypatch):
+    from tuneloop.cli.main import app
+
+    eval_dir = tmp_path / "evals" / "after"
+    write_jsonl(eval_dir / "results.jsonl", (r.model_dump(mode="json") for r in results()))
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["eval", "export-bad", str(eval_dir), "--queue"])
+    assert done.exit_code == 2 and "tuneloop.yaml" in done.output
+    assert not (eval_dir / "bad_cases.jsonl").exists()

@@ -196,16 +196,17 @@ def export_bad(
 
     if mode not in ("unconstrained", "constrained", "all"):
         raise UserError(f"--mode {mode}: expected unconstrained, constrained or all.")
+    project = find_project() if queue else None  # the queue is the project's: find it before writing anything
     results = load_results(eval_dir)
     samples = export(results, eval_dir, None if mode == "all" else mode)
     out = out or eval_dir / "bad_cases.jsonl"
     write_samples(out, samples)
     console.print(f"{len(samples)} failures → {out} (augment_type eval_failure, difficulty hard)")
-    if queue:
-        _queue_variants(results, eval_dir, None if mode == "all" else mode)
+    if project is not None:
+        _queue_variants(project, results, eval_dir, None if mode == "all" else mode)
 
 
-def _queue_variants(results: list[Any], eval_dir: Path, mode: str | None) -> None:
+def _queue_variants(project: Any, results: list[Any], eval_dir: Path, mode: str | None) -> None:
     """Variants of the failures into the project's relabel queue, with what was not queued and why."""
     from tuneloop.cli.data.create import load_pools
     from tuneloop.traces.eval_queue import queue_eval_failures
@@ -213,7 +214,6 @@ def _queue_variants(results: list[Any], eval_dir: Path, mode: str | None) -> Non
     from tuneloop.traces.queue import RelabelQueue
     from tuneloop.traces.store import TraceStore
 
-    project = find_project()
     config = project.config
     with TraceStore(project.traces_db) as store:
         outcome = queue_eval_failures(RelabelQueue(store), results, eval_dir, mode,
