@@ -339,3 +339,14 @@ def test_a_trace_without_observations_is_counted_and_its_observations_never_aske
         result = pull(url, store, api="v3")
     assert result.pulled == 1 and result.skipped == {"trace(s) without a generation (nothing a model answered)": 1}
     assert [p["traceId"] for p in fake.calls(OBSERVATIONS_V1)] == [["t0"]]
+
+
+def test_smoke_tagged_traffic_stays_flagged_and_a_malformed_generation_is_an_error(store):
+    fake = FakeLangfuse("v3")
+    fake.add_trace("smoke", T0, PROMPT, "{}", tags=["tuneloop-smoke"])
+    fake.add_trace("odd", T0 + 1, PROMPT, "{}")
+    fake.observations[-1]["usageDetails"] = {"input": "many"}
+    with fake.serve() as url:
+        with pytest.raises(LangfuseError, match="trace 'odd' .* cannot read"):
+            pull(url, store, api="v3")
+    assert store.get("langfuse:smoke").smoke is True and store.count() == 1

@@ -277,7 +277,7 @@ def _pull_langfuse_traces(store: TraceStore, client: LangfuseClient, api: str, s
                 continue
             # the list names each trace's observations: none, no request for them
             generations = client.generations_v3(item["id"]) if item.get("observations") != [] else []
-            keep(to_trace(item, generations) if generations else None)
+            keep(_mapped(client, item, generations) if generations else None)
         return newest
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for generation in client.generations_v4(since, until):
@@ -285,8 +285,18 @@ def _pull_langfuse_traces(store: TraceStore, client: LangfuseClient, api: str, s
             by_trace.setdefault(generation["traceId"], []).append(generation)
             newest = max(newest or 0.0, timestamp(generation["startTime"]))
     for generations in by_trace.values():
-        keep(to_trace(trace_of_generations(generations), generations))
+        keep(_mapped(client, trace_of_generations(generations), generations))
     return newest
+
+
+def _mapped(client: LangfuseClient, trace: dict[str, Any], generations: list[dict[str, Any]]) -> Trace:
+    """`to_trace`, its failure an error naming the trace (never a trace half-read)."""
+    try:
+        return to_trace(trace, generations)
+    except (ValueError, TypeError, KeyError) as err:  # pydantic's ValidationError is a ValueError
+        raise LangfuseError(f"Langfuse trace {trace.get('id')!r} at {client.host} has a shape tuneloop cannot read "
+                            f"({type(err).__name__}: {str(err)[:200]}); nothing after it was pulled, the traces "
+                            "before it are stored.") from None
 
 
 __all__ = ["LangfuseError", "PullError", "PullResult", "add_feedback", "add_traces", "pull_traces"]
