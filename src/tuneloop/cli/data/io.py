@@ -169,6 +169,8 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder (llamafactory) or file (.jsonl, .json, .csv, .parquet).")],
     name: Annotated[str | None, typer.Option(help="dataset_info.json entry name (default: the input's file name).")] = None,
     carry: Annotated[bool, typer.Option(help="Add the tuneloop column (ids, meta, lineage) for lossless re-import.")] = True,
+    style: Annotated[str, typer.Option(help="llamafactory rows: auto (sharegpt for conversations) | alpaca | "
+                                            "sharegpt; pairs become `ranking: true` entries either way.")] = "auto",
     force: Force = False,
 ) -> None:
     """Export samples as LLaMA-Factory files plus dataset_info.json, or as one Alpaca/ShareGPT/OpenAI file.
@@ -197,7 +199,10 @@ def export_command(
         if taken and not force:
             raise UserError(f"{info} already has the entry {taken[0]}: pass --force to replace it, or give --name")
         guard_outputs([src], [out / f"{n}.json" for n in names], force)
-        entries = export_llamafactory(result.samples, out, name or src.name.split(".")[0], carry=carry)
+        try:
+            entries = export_llamafactory(result.samples, out, name or src.name.split(".")[0], carry=carry, style=style)
+        except ValueError as err:
+            raise UserError(f"--style {style}: {err}") from None
         for entry, info in entries.items():
             console.print(f"{entry}: {out / info['file_name']} ({info['formatting']}"
                           f"{', ranking' if info.get('ranking') else ''}) sha1 {info['file_sha1'][:12]}")

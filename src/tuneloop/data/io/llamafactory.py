@@ -135,9 +135,19 @@ def entry_names(samples: Iterable[Sample], name: str) -> list[str]:
     return [name] if len(kinds) <= 1 else [f"{name}_{kind}" for kind in kinds]
 
 
-def entry_info(samples: list[Sample], kind: str, file_name: str) -> tuple[str, dict[str, Any]]:
-    """The row shape and dataset_info.json entry for a group of samples of one kind (sft, ranking or kto)."""
-    shape = "sharegpt" if any("turn_roles" in s.extras for s in samples) else "alpaca"
+STYLES = ("auto", "alpaca", "sharegpt")
+
+
+def entry_info(samples: list[Sample], kind: str, file_name: str, style: str = "auto") -> tuple[str, dict[str, Any]]:
+    """The row shape and dataset_info.json entry for a group of samples of one kind (sft, ranking or kto).
+
+    `style` auto: sharegpt for rows that came from a conversation (tool roles and all), alpaca otherwise. A ranking
+    entry's rows are what LLaMA-Factory's converters read as pairs: alpaca `output` (chosen) and `rejected` texts;
+    sharegpt prompt turns ending with the user's, then one `chosen` and one `rejected` assistant message.
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown LLaMA-Factory style '{style}'; use one of {', '.join(STYLES)}")
+    shape = style if style != "auto" else "sharegpt" if any("turn_roles" in s.extras for s in samples) else "alpaca"
     if shape == "sharegpt":
         columns = {"messages": "conversations", "system": "system"}
     else:
@@ -156,11 +166,13 @@ def entry_info(samples: list[Sample], kind: str, file_name: str) -> tuple[str, d
     return shape, info
 
 
-def export_llamafactory(samples: Iterable[Sample], out_dir: str | Path, name: str, carry: bool = True) -> dict[str, Any]:
+def export_llamafactory(samples: Iterable[Sample], out_dir: str | Path, name: str, carry: bool = True,
+                        style: str = "auto") -> dict[str, Any]:
     """Write samples as data files plus dataset_info.json entries (merged into one already there); returns the entries.
 
     One entry per kind present: plain SFT rows under `name`, preference rows `ranking: true`, KTO rows with a
     `kto_tag` column (suffixes `_ranking`/`_kto` when a file holds several kinds). Each entry has its `file_sha1`.
+    `style` picks the row shape (see `entry_info`).
     """
     out_dir = Path(out_dir)
     groups: dict[str, list[Sample]] = {}
@@ -170,7 +182,7 @@ def export_llamafactory(samples: Iterable[Sample], out_dir: str | Path, name: st
     for kind, group in groups.items():
         entry_name = name if len(groups) == 1 else f"{name}_{kind}"
         file_name = f"{entry_name}.json"
-        shape, info = entry_info(group, kind, file_name)
+        shape, info = entry_info(group, kind, file_name, style)
         rows = samples_to_rows(group, shape, carry=carry)
         if "tools" in info["columns"]:
             for row in rows:
