@@ -6,7 +6,9 @@
  gate           data.sources + data.*                              round_dir                   data gate
  baseline eval  test.jsonl + model + eval.* + system               eval_dir
  train          train.jsonl + val.jsonl + model + train.* + system run_dir, adapter_dir
- eval after     test.jsonl + adapter + eval.* + system             eval_dir
+ best-of-n      train.jsonl + SFT adapter + align.* + schema       best_of_n_dir (pairs)        (only align.method: dpo)
+ dpo            pairs + val.jsonl + SFT run + train.*, align.*     run_dir, adapter_dir         (only align.method: dpo)
+ eval after     test.jsonl + adapter (DPO's when it ran) + eval.*  eval_dir
  compare        baseline + candidate results.jsonl + eval.gate     compare_dir, verdict        eval gate
  merge          adapter                                            export_dir, report          merge gate
  serve smoke    export + system + schema   (left out: --no-serve)  answer                      serve smoke
@@ -118,6 +120,16 @@ class Round:
         self.train_settings = config.train.model_copy()
         if options.max_steps or options.quick:
             self.train_settings.max_steps = options.max_steps or 6
+        self.align_settings = config.align.model_copy()
+        if options.max_steps or options.quick:
+            self.align_settings.max_steps = options.max_steps or 6
+        if options.quick:
+            self.align_settings.n = min(self.align_settings.n, 2)  # CI's shortened variant: two candidates a prompt
+
+    def left_out(self) -> frozenset[str]:
+        """The stages this round leaves out: the user's (--no-serve) and alignment unless align.method asks for it."""
+        unconfigured = {"best-of-n", "dpo"} if self.config.align.method != "dpo" else set()
+        return self.options.left_out() | unconfigured
 
     def record(self, name: str) -> StageRecord | None:
         return next((r for r in self.records if r.name == name), None)
@@ -165,7 +177,21 @@ class Round:
 
     @property
     def adapter_dir(self) -> Path:
-        return Path(self.outputs["train"]["adapter_dir"])
+        """The model this round evaluates, merges and serves: DPO's adapter when alignment ran, else SFT's."""
+        return Path((self.outputs.get("dpo") or self.outputs["train"])["adapter_dir"])
+
+    @property
+    def trained_run_dir(self) -> Path:
+        """The run folder of `adapter_dir` (what merge reads)."""
+        return Path((self.outputs.get("dpo") or self.outputs["train"])["run_dir"])
+
+    @property
+    def best_of_n_dir(self) -> Path:
+        return self.project.root / "loop" / self.round_dir.name / "best-of-n"
+
+    @property
+    def dpo_run_dir(self) -> Path:
+        return self._in_round(self.project.runs_dir, f"dpo-{self.keys['dpo'][:8]}")
 
     def _result(self, name: str, refused_too: bool = False) -> dict[str, Any]:
         """A stage's outputs for the summary: when it finished, or (for a check's verdict) when it said no."""
@@ -202,7 +228,7 @@ def run_round(project: Project, options: LoopOptions | None = None, say: Callabl
     round_ = Round(project, options or LoopOptions(), say)
     try:
         run_stages(ROUND_STAGES if stages is None else stages, round_, say, force=round_.options.force,
-                   left_out=round_.options.left_out())
+                   left_out=round_.left_out())
     except Exception as err:
         refused = err if isinstance(err, RoundRefused) else None
         outcome = ({"status": "refused", "stage": refused.stage, "reasons": refused.reasons, "advice": refused.advice}
@@ -266,6 +292,40 @@ def train(round_: Round) -> dict[str, Any]:
             "best_val_loss": result.run.get("best_val_loss")}
 
 
+def best_of_n(round_: Round) -> dict[str, Any]:
+    """Best-of-N with the SFT model on the round's train prompts: each failing candidate becomes a DPO pair against
+    the reference answer (train/best_of_n.py); rows that carry `rejected` already come along as they are."""
+    from tuneloop.data.io.formats import load_samples
+    from tuneloop.train.best_of_n import run_best_of_n
+    from tuneloop.train.rewards import configured_weights
+
+    align, samples = round_.align_settings, load_samples(round_.round_dir / "train.jsonl")
+    if round_.options.quick:
+        samples = samples[:16]
+    result, paths = run_best_of_n(samples, str(round_.outputs["train"]["adapter_dir"]), round_.best_of_n_dir,
+                                  configured_weights(align), round_.schema, n=align.n,
+                                  temperature=align.sample_temperature, max_new_tokens=align.sample_max_new_tokens,
+                                  default_system=round_.system, seed=round_.train_settings.seed)
+    return {"best_of_n_dir": str(round_.best_of_n_dir), "samples_file": str(paths["samples"]),
+            "counts": result.counts()}
+
+
+def dpo(round_: Round) -> dict[str, Any]:
+    """DPO from the SFT run on the best-of-N pairs (val pairs, when the round's val has any, for early stopping).
+    With no pair at all (no candidate failed), the SFT model goes on unchanged and the stage says so."""
+    from tuneloop.train.dpo import train_dpo
+
+    train_outputs, counts = round_.outputs["train"], round_.outputs["best-of-n"]["counts"]
+    if not counts.get("dpo_pairs"):
+        return {**train_outputs, "pairs": 0, "note": "no best-of-N candidate failed: nothing to prefer against, "
+                                                     "the SFT model goes on"}
+    result = train_dpo(round_.outputs["best-of-n"]["samples_file"], round_.round_dir / "val.jsonl",
+                       round_.dpo_run_dir, model=train_outputs["run_dir"], settings=round_.train_settings,
+                       align=round_.align_settings, default_system=round_.system, resume=True, progress=True)
+    return {"run_dir": str(round_.dpo_run_dir), "adapter_dir": str(result.model_dir), "pairs": result.run["pairs"],
+            "final": result.run.get("final", {})}
+
+
 def eval_after(round_: Round) -> dict[str, Any]:
     """The trained model on the same unseen test set."""
     from tuneloop.eval.runner import run_eval
@@ -297,7 +357,7 @@ def merge(round_: Round) -> dict[str, Any]:
     """Merge with its reload gate and template parity."""
     from tuneloop.export.merge import MergeGateError, merge_run
 
-    run_dir, export_dir = round_.run_dir, round_.export_dir
+    run_dir, export_dir = round_.trained_run_dir, round_.export_dir
     try:
         report = merge_run(run_dir, export_dir)
     except MergeGateError as err:
@@ -375,6 +435,14 @@ ROUND_STAGES: list[Stage] = [
           baseline_eval),
     Stage("train", lambda r: Inputs([r.round_dir / "train.jsonl", r.round_dir / "val.jsonl"],
                                     [r.model, r.train_settings.model_dump(mode="json"), r.system]), train),
+    Stage("best-of-n", lambda r: Inputs([r.round_dir / "train.jsonl", Path(r.outputs["train"]["adapter_dir"])],
+                                        [r.align_settings.model_dump(mode="json"), r.schema, r.system,
+                                         r.options.quick]), best_of_n, may_skip=True,
+          done_line=lambda o: f"{o['counts']['dpo_pairs']} pairs from {o['counts']['samples']} prompts"),
+    Stage("dpo", lambda r: Inputs([Path(r.outputs["best-of-n"]["samples_file"]), r.round_dir / "val.jsonl",
+                                   Path(r.outputs["train"]["adapter_dir"])],
+                                  [r.train_settings.model_dump(mode="json"), r.align_settings.model_dump(mode="json"),
+                                   r.system]), dpo, may_skip=True),
     Stage("eval after", lambda r: Inputs([r.round_dir / "test.jsonl", r.adapter_dir], [_eval_settings(r), r.system]),
           eval_after),
     Stage("compare", lambda r: Inputs([r.baseline_dir / "results.jsonl", r.candidate_dir / "results.jsonl"],
