@@ -239,3 +239,18 @@ def test_a_tool_call_conversation_keeps_its_turns(store):
     sample = _by_trace(select_failures(store, SCHEMA, LoopConfig()))["tr-tools"].sample
     assert sample.history == [["Where is order A-11001?", '{"name": "lookup", "arguments": {"order": "A-11001"}}']]
     assert sample.instruction == '{"status": "shipped"}' and sample.rejected == "It is shipped"
+
+
+def test_placeholders_are_numbered_per_failure_across_its_prompt_comments_and_details(store):
+    _trace(store, "a", "Call 13812345678 about refund A-12001", "x", at=1.0)
+    _trace(store, "b", "Refund my last order please", "x", at=2.0)
+    _feedback(store, "tr-b", "user-feedback", 0.0, "reach me at 13700001111")
+    _trace(store, "c", "Refund A-12003 please", '{"intent": "refund", "order_id": 13912345678}', at=3.0)
+    found = _by_trace(select_failures(store, SCHEMA, LoopConfig()))
+    assert found["tr-a"].sample.instruction == "Call [PHONE_1] about refund A-12001"
+    # b's prompt holds nothing personal: its comment's number is b's first, not the second after a's
+    assert found["tr-b"].feedback[0]["comment"] == "reach me at [PHONE_1]"
+    # the schema message quotes the answer's value: the same number as in the answer
+    assert json.loads(found["tr-c"].sample.rejected)["order_id"] == "[PHONE_1]"
+    assert found["tr-c"].details == ["order_id: [PHONE_1] is not of type 'string', 'null'"]
+    assert "_failure_notes" not in found["tr-c"].sample.model_dump()

@@ -80,6 +80,7 @@ CUT = "cut by length"
 REASON_ORDER = (NEGATIVE_FEEDBACK, LOW_JUDGE, NOT_JSON, SCHEMA, REFUSED, ANSWERED, CUT)
 REFUSAL_DUE = "should-refuse"  # a verdict row: true when a refusal was due, false when an answer was
 TRAFFIC = "traffic"
+_NOTES = "_failure_notes"  # the failure's free text, carried through redaction inside its sample
 
 
 class SelectError(ValueError):
@@ -253,12 +254,11 @@ def select_failures(store: TraceStore, schema: dict[str, Any] | None, config: Lo
             continue
         boundary = REFUSED in reasons or ANSWERED in reasons
         sample.sample_type, sample.expected = ("boundary" if boundary else "negative"), expected
-        sample = redactor.sample(sample)  # numbering of placeholders restarts per sample; comments follow it
+        sample, details, comments = _redacted(redactor, sample, details, [r["comment"] for r in rows])
         candidates.append(Failure(
             id=f"failure:{trace.id}", trace_id=trace.id, source_id=trace.source_id,
-            reasons=sorted(reasons, key=_reason_key), details=[redactor.text(d) for d in details], sample=sample,
-            feedback=[{"name": r["name"], "score": r["score"],
-                       "comment": redactor.text(r["comment"]) if r["comment"] else r["comment"]} for r in rows],
+            reasons=sorted(reasons, key=_reason_key), details=details, sample=sample,
+            feedback=[{"name": r["name"], "score": r["score"], "comment": c} for r, c in zip(rows, comments)],
             model=trace.model, model_version=trace.model_version, created_at=trace.created_at))
     failures, removed = _deduplicate(candidates, dedup_config)
     counts.update({"failures": len(failures), "duplicates": removed})
@@ -268,6 +268,16 @@ def select_failures(store: TraceStore, schema: dict[str, Any] | None, config: Lo
     assert total == counts["traces"], f"select lost traces: {dict(counts)}"  # rows are never lost
     reasons_seen = Counter(reason for failure in failures for reason in failure.reasons)
     return Selection(failures, dict(counts), reasons_seen, errors, unreadable, dict(redactor.counts))
+
+
+def _redacted(redactor: Redactor, sample: Sample, details: list[str],
+              comments: list[str | None]) -> tuple[Sample, list[str], list[str | None]]:
+    """The sample, details and comments redacted as one row: one number per value across all of them (the phone in
+    a comment is the [PHONE_1] of the prompt), numbered afresh for every failure."""
+    carrier = Sample.model_validate({**sample.model_dump(mode="json"), _NOTES: {"details": details, "comments": comments}})
+    redacted = redactor.sample(carrier)
+    notes = (redacted.__pydantic_extra__ or {}).pop(_NOTES)
+    return redacted, notes["details"], notes["comments"]
 
 
 def _deduplicate(failures: list[Failure], config: DedupConfig | None) -> tuple[list[Failure], int]:
