@@ -37,7 +37,7 @@ TESTS = [
     Sample(id="t-kettle", instruction=INSTRUCTION, input="My kettle from order A123456 arrived broken, refund 35.50",
            output=answer("refund", "kettle", "A123456", amount=35.5)),
     Sample(id="t-lamp", instruction=INSTRUCTION, input="Where is my desk lamp? Order P431535, I need it urgently",
-           output=answer("order_status", "desk lamp", "P431535", urgency="high")),
+           output=answer("order_status", "desk lamp", "P431535", urgency="high"), meta={"difficulty": "hard"}),
     Sample(id="t-espresso", instruction=INSTRUCTION, input=LONG, output=answer("product_issue", "espresso machine")),
     Sample(id="t-passed", instruction=INSTRUCTION, input="Thanks, the hoodie fits perfectly",
            output=answer("other", "hoodie", urgency="low")),

@@ -11,7 +11,8 @@ the prompt by MinHash at data.dedup.threshold, and the gate's own leakage check)
     yes ─▶ not queued (counted: `near_frozen`): the next gate would hold it out of train anyway
     no  ─▶ queued: id and lineage.source_id its own ("evalvar-<hash>"), output "" (the relabeler decides),
            proposal = the reference answer under the same entity replacements (proposed_by "clone rule ..."),
-           rejected = the model's wrong answer under them, meta.source "eval:<eval folder>",
+           rejected = the model's wrong answer under them, meta.source "eval:<eval folder>" (no difficulty: a
+           "hard" row would go to val, and this one is made for train),
            failure = {"eval_item": <test id>, "eval", "mode", "kinds", "model", "variant"}  (audit only)
 ```
 The test item's id and source id appear nowhere but `failure.eval_item`, and its extra fields are not copied: the
@@ -87,8 +88,9 @@ def variant_of(test: Sample, raw: str, rules: Sequence[str], pools: Mapping[str,
 def queued_sample(test: Sample, variant: Sample, kind: str, result: EvalResult, eval_name: str) -> Sample:
     """The row to queue: the variant's prompt, its own identity, nothing of the test item but `failure.eval_item`."""
     variant_id = "evalvar-" + content_hash(eval_name, test.id, variant.input, length=16)
-    meta = Meta(task_type=test.meta.task_type, difficulty=test.meta.difficulty, domain=test.meta.domain,
-                version=test.meta.version, source=f"eval:{eval_name}")
+    # no difficulty: the gate keeps "hard" rows in val, and this row is made to be trained on
+    meta = Meta(task_type=test.meta.task_type, domain=test.meta.domain, version=test.meta.version,
+                source=f"eval:{eval_name}")
     return Sample(
         id=variant_id, instruction=test.instruction, input=variant.input, system=test.system, history=test.history,
         output="", rejected=variant.rejected, sample_type=test.sample_type, expected=test.expected,
