@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "tuneloop.cli.traces",
     "tuneloop.cli.loop",
     "tuneloop.cli.loop_relabel",
+    "tuneloop.cli.annotate",
 )
 
 for module in COMMAND_MODULES:

@@ -8,6 +8,8 @@ traces         one row per request: served here (embedded server, canary router)
 feedback       scores and comments for a trace (POST /v1/feedback, Langfuse scores with their origin id)
 canary_state   small persisted state (key -> JSON): the canary decision, pull cursors
 relabel_queue  failures waiting for a corrected answer (the loop's queue, served by the annotation tool)
+seed_queue     the project's seed set as the annotation tool edits it (the relabel queue's columns)
+annotations    every label an annotator submitted (the agreement of two annotators on one sample)
 ```
 
 A stage adds its own tables by appending a `(version, sql)` step to `MIGRATIONS`; `PRAGMA user_version` records how far a file has been migrated, so old files upgrade in place.
@@ -99,6 +101,41 @@ MIGRATIONS: list[tuple[int, str]] = [
         updated_at REAL NOT NULL
     );
     CREATE INDEX IF NOT EXISTS relabel_status ON relabel_queue(status);
+    """),
+    # the annotation tool: the seed set's queue (the relabel queue's columns; apart, so the loop never reads seeds
+    # as traffic) and every label an annotator submits (a queue row holds only the latest one), for the agreement
+    # of two annotators on one sample
+    (3, """
+    CREATE TABLE IF NOT EXISTS seed_queue (
+        id TEXT PRIMARY KEY,
+        trace_id TEXT,
+        origin TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        cluster INTEGER,
+        cluster_name TEXT,
+        sample TEXT NOT NULL,
+        proposal TEXT,
+        proposed_by TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        label TEXT,
+        annotator TEXT,
+        reviewer TEXT,
+        comment TEXT,
+        version INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS seed_status ON seed_queue(status);
+    CREATE TABLE IF NOT EXISTS annotations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        annotator TEXT NOT NULL,
+        label TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS annotations_item ON annotations(queue, item_id);
     """),
 ]
 
