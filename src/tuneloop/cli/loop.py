@@ -53,7 +53,7 @@ def loop_select(
                         "(`tuneloop traces pull`).")
     selection = select_project_failures(project, since_time(since, days, project.config.loop.since_days))
     target = write_failures(out or failures_path(project), selection.failures)
-    console.print(selection.summary(), highlight=False)
+    console.print(selection.summary(), highlight=False, soft_wrap=True)
     for reason, count in selection.reasons.most_common():
         console.print(f"  {count:5d}  {reason}", highlight=False)
     if selection.redacted:
@@ -92,11 +92,12 @@ def loop_cluster(
     report = cluster_report(clustering, failures, folder / "clusters.html")
     console.print(f"{len(failures)} failures → {clustering.k} clusters ({clustering.method}"
                   + (f", silhouette {clustering.silhouette:.3f}" if clustering.silhouette is not None else "") + ")",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     for cluster in clustering.clusters:
         reasons = ", ".join(f"{r} {n}" for r, n in cluster.reasons.most_common(3))
-        console.print(f"  {cluster.id:3d}  {cluster.size:5d}  {cluster.name}  [{reasons}]", highlight=False, markup=False)
-    console.print(f"wrote {folder / 'clusters.json'} and {report}", highlight=False)
+        console.print(f"  {cluster.id:3d}  {cluster.size:5d}  {cluster.name}  [{reasons}]", highlight=False, markup=False,
+                      soft_wrap=True)
+    console.print(f"wrote {folder / 'clusters.json'} and {report}", highlight=False, soft_wrap=True)
 
 
 def _cycle_help() -> str:
