@@ -85,3 +85,14 @@ def test_a_file_that_is_not_sqlite_is_reported(tmp_path):
     bad.write_text("not a database at all" * 100)
     with pytest.raises(TraceStoreError, match="not a usable SQLite trace store"):
         TraceStore(bad)
+
+
+def test_smoke_traffic_is_kept_but_never_a_canary_outcome(tmp_path):
+    from tuneloop.serve.canary import arm_metrics
+
+    with TraceStore(tmp_path / "t.db") as store:
+        store.record(trace(arm="canary", json_valid=False, smoke=True))
+        store.record(trace(arm="canary", json_valid=True))
+        assert store.count() == 2 and [t.smoke for t in store.traces()] == [True, False]
+        assert [o["json_valid"] for o in store.iter_outcomes()] == [True]
+        assert arm_metrics(store)["canary"]["requests"] == 1

@@ -241,9 +241,10 @@ def create_router(config: CanaryConfig, trace_store_path: str) -> FastAPI:
                 prompt_tokens=(usage or {}).get("prompt_tokens", 0), completion_tokens=(usage or {}).get("completion_tokens", 0),
                 json_valid=outcome.json_valid, schema_valid=outcome.schema_valid, refusal=outcome.refusal,
                 finish_reason=finish, error=error, status_code=status_code, smoke=is_smoke(request)))
-            gate.observe({"arm": arm, "json_valid": outcome.json_valid, "schema_valid": outcome.schema_valid,
-                          "refusal": outcome.refusal, "latency_ms": latency_ms, "error": error,
-                          "constrained": body.get("response_format") is not None})
+            if not is_smoke(request):  # tuneloop's own checks are no user's outcome: they never move the gate
+                gate.observe({"arm": arm, "json_valid": outcome.json_valid, "schema_valid": outcome.schema_valid,
+                              "refusal": outcome.refusal, "latency_ms": latency_ms, "error": error,
+                              "constrained": body.get("response_format") is not None})
 
         if body.get("stream"):
             return StreamingResponse(_proxy_stream(client, urls[arm], body, trace_id, record, forwarded(request)),

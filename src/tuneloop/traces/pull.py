@@ -28,7 +28,7 @@ from tuneloop.project import LoopConfig
 from tuneloop.records import Trace
 from tuneloop.traces.langfuse import LangfuseClient, LangfuseError, in_window
 from tuneloop.traces.langfuse_map import feedback_row, iso, timestamp, to_trace, trace_of_generations
-from tuneloop.traces.store import _TRACE_COLUMNS, TraceStore, _to_trace
+from tuneloop.traces.store import TRACE_COLUMNS, TraceStore, trace_from_row
 
 # Langfuse's list endpoints may show a trace or score up to ~10 minutes after its timestamp: each pull looks this
 # far behind its cursor again (what it sees twice is skipped by origin id), so nothing late is passed over
@@ -184,9 +184,9 @@ def _read_store_file(db: sqlite3.Connection, since: float | None, until: float |
                      has_feedback: bool) -> tuple[list[Trace], list[dict[str, Any]]]:
     """Traces (any schema version: columns it lacks read as empty) and their feedback, named by origin."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(traces)")}
-    select = ",".join(c if c in columns else ("0" if c == "smoke" else "NULL") for c in _TRACE_COLUMNS)
+    select = ",".join(c if c in columns else ("0" if c == "smoke" else "NULL") for c in TRACE_COLUMNS)
     where, params = _window_sql(since, until)
-    traces = [_to_trace(row) for row in db.execute(f"SELECT {select} FROM traces{where} ORDER BY created_at", params)]
+    traces = [trace_from_row(row) for row in db.execute(f"SELECT {select} FROM traces{where} ORDER BY created_at", params)]
     if not has_feedback:
         return traces, []
     # all of its feedback, not only the window's: a score given later on an older trace comes in too

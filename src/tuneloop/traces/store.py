@@ -139,7 +139,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     """),
 ]
 
-_TRACE_COLUMNS = ("id", "created_at", "model", "model_version", "arm", "user", "messages", "output",
+TRACE_COLUMNS = ("id", "created_at", "model", "model_version", "arm", "user", "messages", "output",
                   "response_format", "latency_ms", "prompt_tokens", "completion_tokens", "json_valid",
                   "schema_valid", "refusal", "finish_reason", "error", "source_id", "session_id", "tags", "cost",
                   "smoke", "extra")
@@ -195,40 +195,41 @@ class TraceStore:
     def record(self, trace: Trace) -> str:
         """Store one trace (fields records.Trace does not name go to `extra`); returns its id."""
         row = trace.model_dump()
-        extra = {k: v for k, v in row.items() if k not in _TRACE_COLUMNS}
+        extra = {k: v for k, v in row.items() if k not in TRACE_COLUMNS}
         values = []
-        for column in _TRACE_COLUMNS:
+        for column in TRACE_COLUMNS:
             value = extra if column == "extra" else row.get(column)
             if column in _JSON_COLUMNS or column == "extra":
                 value = None if value is None or value == {} else json.dumps(value, ensure_ascii=False)
             elif column in _BOOL_COLUMNS and value is not None:
                 value = int(bool(value))
             values.append(value)
-        placeholders = ",".join("?" for _ in _TRACE_COLUMNS)
+        placeholders = ",".join("?" for _ in TRACE_COLUMNS)
         with self._lock:
-            self._db.execute(f"INSERT INTO traces ({','.join(_TRACE_COLUMNS)}) VALUES ({placeholders})", values)
+            self._db.execute(f"INSERT INTO traces ({','.join(TRACE_COLUMNS)}) VALUES ({placeholders})", values)
         return trace.id
 
     def get(self, trace_id: str) -> Trace:
         with self._lock:
-            row = self._db.execute(f"SELECT {','.join(_TRACE_COLUMNS)} FROM traces WHERE id=?", (trace_id,)).fetchone()
+            row = self._db.execute(f"SELECT {','.join(TRACE_COLUMNS)} FROM traces WHERE id=?", (trace_id,)).fetchone()
         if row is None:
             raise TraceStoreError(f"{self.path}: no trace with id {trace_id!r} in this store; check the id and the store path.")
-        return _to_trace(row)
+        return trace_from_row(row)
 
     def traces(self, arm: str | None = None, since: float | None = None, limit: int | None = None) -> list[Trace]:
         """Traces oldest first, optionally of one arm and/or newer than `since` (unix time)."""
         where, params = _filters(arm, since)
-        sql = f"SELECT {','.join(_TRACE_COLUMNS)} FROM traces{where} ORDER BY created_at, rowid"
+        sql = f"SELECT {','.join(TRACE_COLUMNS)} FROM traces{where} ORDER BY created_at, rowid"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
-        return [_to_trace(row) for row in rows]
+        return [trace_from_row(row) for row in rows]
 
     def iter_outcomes(self, arm: str | None = None, since: float | None = None) -> Iterator[dict[str, Any]]:
-        """The small per-trace fields metrics need (no messages/outputs), oldest first."""
-        where, params = _filters(arm, since)
+        """The small per-trace fields metrics need (no messages/outputs), oldest first; smoke traffic (tuneloop's
+        own checks) is no user's outcome and is left out."""
+        where, params = _filters(arm, since, smoke=False)
         sql = ("SELECT arm, json_valid, schema_valid, refusal, latency_ms, error, response_format IS NOT NULL "
                f"FROM traces{where} ORDER BY created_at, rowid")
         with self._lock:
@@ -296,8 +297,8 @@ class TraceStore:
         return default if row is None else json.loads(row[0])
 
 
-def _filters(arm: str | None, since: float | None) -> tuple[str, tuple[Any, ...]]:
-    clauses, params = [], []
+def _filters(arm: str | None, since: float | None, smoke: bool = True) -> tuple[str, tuple[Any, ...]]:
+    clauses, params = ([] if smoke else ["smoke=0"]), []
     if arm is not None:
         clauses.append("arm=?")
         params.append(arm)
@@ -311,8 +312,8 @@ def _bool(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-def _to_trace(row: tuple[Any, ...]) -> Trace:
-    data = dict(zip(_TRACE_COLUMNS, row))
+def trace_from_row(row: tuple[Any, ...]) -> Trace:
+    data = dict(zip(TRACE_COLUMNS, row))
     for column in _JSON_COLUMNS:
         data[column] = json.loads(data[column]) if data[column] else None
     for column in _BOOL_COLUMNS:
