@@ -15,7 +15,7 @@ from tuneloop.data.io.llamafactory import read_dataset_info, read_entry
 from tuneloop.eval.backends import Generation
 from tuneloop.examples import init_example
 from tuneloop.project import Project
-from tuneloop.records import Sample
+from tuneloop.records import Lineage, Meta, Sample
 from tuneloop.serve.server import run_in_background
 from tuneloop.train.best_of_n import AUGMENT_TYPE, BestOfNError, build_revision, run_best_of_n, write_revision
 from tuneloop.train.rewards import reward_weights
@@ -229,3 +229,21 @@ def test_the_command_refuses_data_and_round_together(demo_round, monkeypatch):
     monkeypatch.chdir(project.root)
     result = CliRunner().invoke(app, ["sample", "best-of-n", "--data", "x.jsonl", "--round", "r0001"])
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_dedup_never_deletes_a_rejected_answer():
+    from tuneloop.data.gate.dedup import dedup
+
+    original = sample("orig", RIGHT_TEXT, meta={"annotator": "ann"})
+    derived = {"lineage": Lineage(source_id="orig", augment_type=AUGMENT_TYPE, parent_id="orig"), "meta": Meta()}
+    pair, other, same = (original.model_copy(update={"id": id, "rejected": worse, **derived})
+                         for id, worse in (("pair", PROSE), ("other", CUT), ("same", PROSE)))
+    result = dedup([original, pair, other, same])
+    kept = {s.id: s for s in result.kept}
+    # the annotated original is kept and carries the first copy's rejected; a second rejected stays its own row;
+    # a copy with a rejected already held is a plain duplicate
+    assert set(kept) == {"orig", "other"}
+    assert (kept["orig"].rejected, kept["orig"].extras["rejected_from"]) == (PROSE, "pair")
+    assert kept["other"].rejected == CUT
+    assert sorted(r.sample.id for r in result.removed) == ["pair", "same"]
+    assert len(result.kept) + len(result.removed) + len(result.review) == 4
