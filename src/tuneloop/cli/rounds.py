@@ -22,8 +22,14 @@ def _rounds_dir(path: Path | None) -> Path:
 
 
 def _project_and_rounds(path: Path | None) -> tuple[Any, Path]:
-    project = find_project(required=False)
-    return project, _rounds_dir(path)
+    """The rounds folder, and the project it belongs to (whose loop summaries hold each round's verdict)."""
+    from tuneloop.project import PROJECT_FILE, Project
+
+    folder = _rounds_dir(path)
+    root = folder.resolve().parent.parent  # <project>/data/rounds
+    if (root / PROJECT_FILE).exists():
+        return Project.load(root), folder
+    return find_project(required=False), folder
 
 
 @rounds_app.command("list")
@@ -52,7 +58,7 @@ def rounds_list(
         verdict = f"  round {row['outcome']}, verdict {row['verdict']}" if row["outcome"] else ""
         console.print(f"{row['round']}  {row['created_at']}  train {row['train']}  val {row['val']}  test "
                       f"{row['test']}  quarantined {row['quarantined']}  [{sources}]  gate {row['gate']}{verdict}",
-                      highlight=False, markup=False)
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 @rounds_app.command("diff")
@@ -82,4 +88,4 @@ def rounds_diff(
         console.print_json(json.dumps(diff))
         return
     for line in diff_lines(diff):
-        console.print(line, highlight=False, markup=False)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
