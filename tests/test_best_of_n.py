@@ -247,3 +247,11 @@ def test_dedup_never_deletes_a_rejected_answer():
     assert kept["other"].rejected == CUT
     assert sorted(r.sample.id for r in result.removed) == ["pair", "same"]
     assert len(result.kept) + len(result.removed) + len(result.review) == 4
+
+
+def test_a_row_that_is_a_pair_already_comes_along_and_gets_the_models_own_mistake_beside_it():
+    pair = sample("r", RIGHT_TEXT, rejected=WRONG_FIELD)
+    result = revision([pair], [[gen(RIGHT_TEXT), gen(PROSE)]])
+    assert [(r.id, r.rejected) for r in result.rows] == [("r", WRONG_FIELD), (result.outcomes[0].row.id, PROSE)]
+    assert result.counts()["brought"] == 1 and result.counts()["dpo_pairs"] == 2
+    assert revision([pair], [[gen(RIGHT_TEXT)] * 2]).rows == [pair]  # no mistake of its own: the row alone

@@ -124,6 +124,13 @@ def test_strict_weights_rank_bare_over_fenced_over_prose_over_truncated():
     assert totals[0] == sum(w for name, w in weights.items() if name not in ("refusal_correct", "not_truncated"))
 
 
+def test_strict_weights_rank_the_refusal_form_over_a_prose_refusal_over_complying_on_a_prompt_to_refuse():
+    cols = columns(3, output=REFUSAL, expected="refuse", sample_type="boundary", truncated=False)
+    totals = [s["total"] for s in score([REFUSAL, PROSE_REFUSAL, BARE], reward_weights("strict"), task_schema=SCHEMA,
+                                        **cols)]
+    assert totals[0] > totals[1] > totals[2]
+
+
 def test_bound_rewards_keep_their_names_for_trl_and_carry_the_schema_and_end_tokens():
     functions, weights = bound_rewards({"schema_valid": 1.0, "not_truncated": 2.0}, SCHEMA, eos_token_ids=[2])
     assert [f.__name__ for f in functions] == ["schema_valid", "not_truncated"] and weights == [1.0, 2.0]

@@ -95,7 +95,7 @@ def best_of_n(
     console.print(f"{counts['samples']} samples × {n} candidates ({counts['candidates_passing']} of "
                   f"{counts['candidates']} pass) → {counts['dpo_pairs']} DPO pairs, {counts['positive']} SFT positives "
                   f"without a pair; {counts['all_passed']} samples had no failing candidate, {counts['no_valid']} no "
-                  f"valid one", highlight=False)
+                  f"valid one; {counts['brought']} rows were pairs already (carried along)", highlight=False)
     console.print(f"revision: {paths['samples']}; TRL pairs: {paths['preferences']}; every candidate: "
                   f"{paths['candidates']}", highlight=False)
     if project:

@@ -12,8 +12,9 @@ samples ──to_messages──▶ backend (local batched | OpenAI-compatible en
    a negative without `rejected` (its answer is    chosen = its golden twin's answer (same seed or prompt), else
    the wrong one)                                  the best valid candidate ─▶ pair with rejected = the negative's
 ```
-A row that carries `rejected` already (a negative's included: its answer is then the right one) is sampled like
-any row with a reference: a failing candidate is the model's own mistake, a new pair beside the row's own.
+A row that carries `rejected` already (a negative's included: its answer is then the right one) is a pair as it is
+and comes along unchanged; it is sampled too, like any row with a reference: a failing candidate is the model's own
+mistake, a second pair beside the row's own.
 A candidate passes when eval would count it `ok` against the reference (JSON, schema, every field, refusal, not
 cut by the length limit); without a reference, when its format passes (strict JSON, schema, no noise, refusal
 where the row must refuse, not cut). With a reference, only the reference is chosen: a candidate that disagrees
@@ -70,6 +71,11 @@ class Outcome:
     outcome: str  # pair | positive | all_passed | no_valid
     row: Sample | None
     candidates: list[Candidate] = field(default_factory=list)
+    brought: Sample | None = None  # the sample itself when it carries `rejected`: a pair already
+
+    @property
+    def rows(self) -> list[Sample]:
+        return [r for r in (self.brought, self.row) if r is not None]
 
 
 @dataclass
@@ -83,13 +89,14 @@ class BestOfNResult:
 
     @property
     def rows(self) -> list[Sample]:
-        return [o.row for o in self.outcomes if o.row is not None]
+        return [row for outcome in self.outcomes for row in outcome.rows]
 
     def counts(self) -> dict[str, int]:
         counts = {name: 0 for name in ("pair", "positive", "all_passed", "no_valid")}
         for outcome in self.outcomes:
             counts[outcome.outcome] += 1
         counts["samples"] = len(self.outcomes)
+        counts["brought"] = sum(1 for o in self.outcomes if o.brought is not None)
         counts["rows"] = len(self.rows)
         counts["dpo_pairs"] = sum(1 for r in self.rows if r.rejected is not None)
         counts["candidates"] = sum(len(o.candidates) for o in self.outcomes)
@@ -235,7 +242,9 @@ def build_revision(samples: Sequence[Sample], generations: Sequence[Sequence[Gen
     outcomes = []
     for sample, generated in zip(samples, generations, strict=True):
         candidates = judge_candidates(sample, generated, weights, validators.of(sample), task_schema)
-        outcomes.append(decide(sample, candidates, twins.get(sample.id), n, model))
+        outcome = decide(sample, candidates, twins.get(sample.id), n, model)
+        outcome.brought = sample if sample.rejected is not None else None
+        outcomes.append(outcome)
     return BestOfNResult(outcomes, n, model, dict(weights), max_new_tokens, max_new_tokens_reason)
 
 
@@ -320,6 +329,7 @@ def write_revision(result: BestOfNResult, out_dir: str | Path, default_system: s
         "preferences": write_jsonl(out / "preferences.jsonl", preference_rows(rows, default_system)),
         "candidates": write_jsonl(out / "candidates.jsonl", (
             {"sample_id": o.sample_id, "outcome": o.outcome, "row_id": o.row.id if o.row else None,
+             "brought": o.brought is not None,
              "candidates": [{"text": c.text, **c.brief()} for c in o.candidates]} for o in result.outcomes)),
     }
     if rows:

@@ -36,9 +36,10 @@ from tuneloop.eval.metrics import field_scores
 Reward = Callable[..., list[float | None]]
 
 PRESETS: dict[str, dict[str, float]] = {
-    # every check, each worth about as much as a field of the answer; the length penalty weighs as much as parsing
+    # every check; the length penalty weighs as much as parsing, and refusing right more than the format of the
+    # answer, so a prose refusal of an out-of-scope prompt outranks a well-formed answer that should not exist
     "strict": {"json_parses": 1.0, "schema_valid": 1.0, "required_fields": 0.5, "no_noise": 0.5,
-               "field_agreement": 1.0, "refusal_correct": 1.0, "not_truncated": 1.0},
+               "field_agreement": 1.0, "refusal_correct": 2.0, "not_truncated": 1.0},
     # the practice's own example in one reward: 1.0 / 0.5 / -1.0 / -0.5
     "practice": {"practice": 1.0},
     # only the format: parse, schema, noise and length, for prompts without reference answers
