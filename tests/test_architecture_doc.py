@@ -12,7 +12,7 @@ DOC = ROOT / "docs" / "architecture.md"
 
 # the layers of the import rule, lowest first; a module may import its own layer and the ones below it
 LAYERS = [
-    {"records", "answers", "files", "manifest", "progress", "html", "llm_client", "models", "project", "testing"},
+    {"records", "answers", "tools", "files", "manifest", "progress", "html", "llm_client", "models", "project", "testing"},
     {"data"},
     {"train", "eval", "decoding"},
     {"export", "serve"},

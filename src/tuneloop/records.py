@@ -6,6 +6,19 @@ file formats are read and written only in `tuneloop.data.io.formats`.
 `output` is always a string: a JSON object or list given as output is serialized with
 `json.dumps(..., ensure_ascii=False)` so that a model is trained on exactly the text it must produce.
 Unknown fields are kept (pydantic `extra="allow"`) and written back out, so nothing a user brought is lost.
+
+Function calling (`tuneloop.tools` reads these fields):
+```
+tools          extra field: JSON text of the bare function definitions [{"name", "description", "parameters"}, ...]
+               (OpenAI's {"type": "function", "function": F} is unwrapped on load: one stored form)
+answer kinds   text      output is the answer's text (or JSON text for a JSON task)
+               refusal   expected = "refuse"
+               tool_calls  output is JSON text of one call {"name": ..., "arguments": {...}} or a list of calls;
+                         marked by turn_roles[-1] = "function_call" (conversations) or answer_kind = "tool_calls"
+history        [[prompt turn, answer turn], ...]; with turn_roles a prompt turn may be a tool result ("observation")
+               and an answer turn a call ("function_call", its text a call as above); old [[user, assistant]]
+               files are the same thing without turn_roles
+```
 """
 
 from __future__ import annotations
@@ -34,6 +47,56 @@ def content_hash(*parts: Any, length: int = 16) -> str:
     """A short sha256 over JSON-serialized parts; stable across runs and machines."""
     blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+class ToolError(ValueError):
+    """Tool definitions that cannot be used, with what to change."""
+
+
+def normalize_tools(value: Any) -> list[dict[str, Any]]:
+    """Function definitions in the bare form, from OpenAI's `{"type": "function", "function": F}` or F itself.
+
+    >>> normalize_tools('[{"type": "function", "function": {"name": "f"}}]')
+    [{'name': 'f', 'parameters': {'type': 'object', 'properties': {}}}]
+    >>> normalize_tools([{"name": "g", "parameters": {"type": "object"}}])[0]["name"]
+    'g'
+    """
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ToolError(f"tools are not valid JSON ({err.msg}); give a JSON list of function definitions") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise ToolError(f"tools must be a list of function definitions, got {type(value).__name__}")
+    functions, seen = [], set()
+    for index, tool in enumerate(value, start=1):
+        if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict):
+            tool = tool["function"]
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise ToolError(f"tool {index} has no name: give each tool {{'name': ..., 'parameters': {{...}}}}")
+        if tool["name"] in seen:
+            raise ToolError(f"tool {index}: the name '{tool['name']}' is defined twice")
+        seen.add(tool["name"])
+        parameters = tool.get("parameters")
+        if parameters is None:
+            tool = {**tool, "parameters": dict(EMPTY_PARAMETERS)}
+        elif not isinstance(parameters, dict):
+            raise ToolError(f"tool '{tool['name']}': parameters must be a JSON Schema object")
+        functions.append(tool)
+    return functions
+
+
+def tools_text(functions: Sequence[Mapping[str, Any]]) -> str:
+    """The stored form of a sample's tools: JSON text of the bare definitions (LLaMA-Factory's `tools` column)."""
+    return json.dumps(list(functions), ensure_ascii=False)
+
 
 
 class Meta(BaseModel):
@@ -98,6 +161,15 @@ class Sample(BaseModel):
 
     @model_validator(mode="after")
     def _stable_identity(self) -> Sample:
+        extras = self.model_extra or {}
+        if extras.get("tools") not in (None, ""):
+            try:
+                extras["tools"] = tools_text(normalize_tools(extras["tools"]))
+            except ToolError:
+                pass  # kept as given: the gate quarantines the row with the reason
+        roles = extras.get("turn_roles")
+        if extras.get("answer_kind") == "tool_calls" and isinstance(roles, list) and roles[-1:] == ["function_call"]:
+            del extras["answer_kind"]  # the answer turn's role says it already: one marker stored
         if not self.id:
             self.id = self.content_id()
         if not self.lineage.source_id:
@@ -125,9 +197,20 @@ class Sample(BaseModel):
         The record's side of "the same prompt": dedup, split, mix and the length checks compare this text; how it
         is compared (width, case, whitespace, n-grams) is the gate's `text` normalization, not the record's.
         """
-        if not self.system and not self.history:
+        tools = self._tool_names()
+        if not self.system and not self.history and not tools:
             return self.prompt
-        return "\n".join(part for part in (self.system, self.history_text, self.prompt) if part)
+        return "\n".join(part for part in (self.system, tools, self.history_text, self.prompt) if part)
+
+    def _tool_names(self) -> str:
+        """The offered functions' names ("" without tools): the same question with other tools is another prompt."""
+        raw = (self.model_extra or {}).get("tools")
+        if raw in (None, ""):
+            return ""
+        try:
+            return "tools: " + ", ".join(sorted(f["name"] for f in normalize_tools(raw)))
+        except ToolError:
+            return f"tools: {raw}"
 
     @property
     def quality(self) -> int:

@@ -6,7 +6,8 @@ source (path, license) ─▶ read_samples ─▶ license on allowlist? ─▶ p
                            quarantined)       the source quarantined) answer fits in max_tokens
 ```
 A JSON task's answer is checked against the task's JSON Schema (or the row's own inline `output_schema`); negative
-samples and refusals are exempt, their answers are not meant to be valid. Token counts use the project's tokenizer,
+samples and refusals are exempt, their answers are not meant to be valid. A row whose answer is tool calls is checked
+against its own `tools` instead: every call names one of them and its arguments fit that function's parameters. Token counts use the project's tokenizer,
 or `approximate_tokens` (one per CJK character, one per word) when no model is at hand.
 """
 
@@ -24,6 +25,7 @@ from tuneloop.answers import schema_problem, schema_validator
 from tuneloop.data.gate.text import CJK_CHARS
 from tuneloop.data.io.formats import ReadResult, read_file, read_samples
 from tuneloop.records import QuarantinedRow, Sample
+from tuneloop.tools import answers_with_calls, tool_problems
 
 TokenCounter = Callable[[list[str]], list[int]]
 _TOKEN = re.compile(f"[{CJK_CHARS}]|[^\\s{CJK_CHARS}]+")
@@ -52,7 +54,8 @@ def sample_problems(sample: Sample, validator: Any = None) -> list[str]:
         problems.append("instruction and input are both empty: give the row a prompt")
     if not sample.output.strip():
         problems.append("output is empty: give the row an answer")
-    exempt = sample.sample_type == "negative" or sample.expected == "refuse"
+    problems.extend(tool_problems(sample))  # tools parse, every call names one of them and fits its parameters
+    exempt = sample.sample_type == "negative" or sample.expected == "refuse" or answers_with_calls(sample)
     if isinstance(sample.output_schema, dict):
         validator = schema_validator(sample.output_schema)
     if validator is not None and sample.output.strip() and not exempt:

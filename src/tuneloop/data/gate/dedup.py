@@ -34,6 +34,7 @@ import numpy as np
 from tuneloop.data.gate.text import NgramTable, bulk_work, jaccard, ngram_set, ngram_table, normalize_many
 from tuneloop.project import DedupConfig
 from tuneloop.records import QuarantinedRow, Sample
+from tuneloop.tools import canonical_calls, sample_calls
 
 MAX_BUCKET_PAIRS = 64  # a row is paired with at most this many bucket neighbours (bounds huge template buckets)
 
@@ -65,7 +66,11 @@ def answer_keys(samples: Sequence[Sample], outputs: list[str] | None = None) -> 
     keys = list(outputs) if outputs is not None else normalize_many([s.output for s in samples])
     where, texts = [], []
     for index, sample in enumerate(samples):
-        if sample.output.lstrip()[:1] in ("{", "["):
+        calls = sample_calls(sample)
+        if calls is not None:  # one call written two ways (arguments as text or object, key order) is one answer
+            where.append(index)
+            texts.append(canonical_calls(calls))
+        elif sample.output.lstrip()[:1] in ("{", "["):
             try:
                 value = json.loads(sample.output)
             except ValueError:

@@ -26,6 +26,7 @@ from tuneloop.data.gate.dedup import candidate_pairs
 from tuneloop.data.gate.text import NgramTable, bulk_work, jaccard, ngram_table, normalize_many
 from tuneloop.project import DedupConfig, LeakageConfig
 from tuneloop.records import Sample
+from tuneloop.tools import comparable_answer
 
 
 @dataclass
@@ -212,7 +213,7 @@ def _overlaps(rows: list[Sample], is_eval: np.ndarray | None, config: LeakageCon
     fields = [[s.system, s.history_text, s.instruction, s.input] for s in rows]
     prompt_parts = normalize_many([part for parts in fields for part in parts])
     prompts = [" ".join(filter(None, prompt_parts[k:k + 4])) for k in range(0, len(prompt_parts), 4)]
-    outputs = normalize_many([s.output for s in rows])
+    outputs = normalize_many([comparable_answer(s) for s in rows])  # a call compares as its canonical form
 
     by_prompt: dict[str, list[int]] = {}
     for index, prompt in enumerate(prompts):

@@ -6,6 +6,7 @@ user / assistant                            ↔ user / assistant turns
 assistant with tool_calls                   ↔ function_call turn, text {"name": ..., "arguments": {...}} (a list for several)
 tool (or legacy function) messages in a row ↔ one observation turn (several results: a JSON list of their texts)
 tools: [{"type": "function", "function": F}] ↔ extra field tools = JSON text of [F, ...]
+tool_calls[].id / tool messages' tool_call_id ↔ extra field tool_call_ids = the ids of each call turn, in order
 ```
 """
 
@@ -49,7 +50,7 @@ def _call_text(calls: Any, where: str) -> str:
     return json.dumps(parsed[0] if len(parsed) == 1 else parsed, ensure_ascii=False)
 
 
-def _turns(messages: list[Any]) -> tuple[str, list[tuple[str, str]]]:
+def _turns(messages: list[Any], call_ids: list[list[str]] | None = None) -> tuple[str, list[tuple[str, str]]]:
     system, turns = "", []
     for index, message in enumerate(messages, start=1):
         where = f"message {index}"
@@ -63,6 +64,9 @@ def _turns(messages: list[Any]) -> tuple[str, list[tuple[str, str]]]:
         elif role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
             calls = message.get("tool_calls") or [{"function": message["function_call"]}]
             turns.append((FUNCTION_CALL, _call_text(calls, where)))
+            if call_ids is not None:
+                ids = [str(c.get("id") or "") for c in calls if isinstance(c, dict)]
+                call_ids.append([i if i != f"call_{len(turns)}_{n}" else "" for n, i in enumerate(ids)])
         elif role == "assistant":
             if message.get("content") is None:
                 raise RowError(f"{where} (assistant) has no content and no tool_calls")
@@ -93,7 +97,8 @@ def openai_to_sample(row: dict[str, Any], source: str | None = None) -> Sample:
     messages = structured(row.get("messages"))
     if not isinstance(messages, list):
         raise RowError(f"missing field 'messages' (a list of chat messages), got {type_name(messages)}")
-    system, turns = _turns(messages)
+    call_ids: list[list[str]] = []
+    system, turns = _turns(messages, call_ids)
     if not turns:
         raise RowError("field 'messages' holds no user or assistant messages")
     parts = sample_fields(Conversation(system, turns[:-1], turns[-1]))
@@ -104,10 +109,12 @@ def openai_to_sample(row: dict[str, Any], source: str | None = None) -> Sample:
             raise RowError(f"field 'tools' must be a list of tool definitions, got {type_name(tools)}")
         functions = [t["function"] if isinstance(t, dict) and t.get("type") == "function" else t for t in tools]
         parts["tools"] = json.dumps(functions, ensure_ascii=False)
+    if any(any(ids) for ids in call_ids):  # the caller's own ids come back on export ("": the id export makes)
+        parts["tool_call_ids"] = call_ids
     return build_sample(row, consumed, parts, source)
 
 
-def _tool_calls(text: str, sample_id: str, turn: int) -> list[dict[str, Any]]:
+def _tool_calls(text: str, sample_id: str, turn: int, ids: list[str] | None = None) -> list[dict[str, Any]]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -119,7 +126,8 @@ def _tool_calls(text: str, sample_id: str, turn: int) -> list[dict[str, Any]]:
     out = []
     for index, call in enumerate(calls):
         arguments = call.get("arguments", {})
-        out.append({"id": f"call_{turn}_{index}", "type": "function", "function": {
+        call_id = ids[index] if ids and index < len(ids) and ids[index] else f"call_{turn}_{index}"
+        out.append({"id": call_id, "type": "function", "function": {
             "name": call["name"],
             "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)}})
     return out
@@ -130,9 +138,12 @@ def sample_to_openai(sample: Sample, carry: bool = True) -> dict[str, Any]:
     conversation = conversation_of(sample)
     messages: list[dict[str, Any]] = [{"role": "system", "content": conversation.system}] if conversation.system else []
     pending_calls: list[dict[str, Any]] = []
+    known_ids = sample.extras.get("tool_call_ids")
+    known_ids = list(known_ids) if isinstance(known_ids, list) else []
     for turn, (role, text) in enumerate([*conversation.turns, conversation.answer], start=1):
         if role == FUNCTION_CALL:
-            pending_calls = _tool_calls(text, sample.id, turn)
+            ids = known_ids.pop(0) if known_ids else None
+            pending_calls = _tool_calls(text, sample.id, turn, ids if isinstance(ids, list) else None)
             messages.append({"role": "assistant", "content": None, "tool_calls": pending_calls})
         elif role == OBSERVATION:
             results = _results(text) if len(pending_calls) > 1 else [text]
@@ -142,7 +153,7 @@ def sample_to_openai(sample: Sample, carry: bool = True) -> dict[str, Any]:
         else:
             messages.append({"role": role, "content": text})
     row: dict[str, Any] = {"messages": messages}
-    expressed = (ALPACA_EXPRESSED | {"turn_roles"}) - {"rejected"}
+    expressed = (ALPACA_EXPRESSED | {"turn_roles", "tool_call_ids"}) - {"rejected"}
     if sample.input:
         expressed -= {"instruction", "input"}
     if "tools" in sample.extras:

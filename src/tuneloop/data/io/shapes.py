@@ -1,7 +1,8 @@
 """Row shapes ↔ `Sample`: Alpaca and ShareGPT rows, with column mapping and role tags.
 
 ```
-alpaca row    {instruction, input, output, system, history, [chosen, rejected], [tools], [kto_tag], ...}
+alpaca row    {instruction, input, output, system, history, [chosen, rejected], [tools], [answer_kind], [kto_tag], ...}
+              (answer_kind: "tool_calls" when output is JSON text of a call {"name", "arguments"} or a list of calls)
 sharegpt row  {conversations: [{from, value}, ...], [system], [tools], [chosen: {from, value}, rejected: ...], ...}
               → Sample(instruction ← prompt, input ← query, output ← response or chosen, rejected, history, system,
                        extra fields tools (text) and kto_tag (true/false), every other column kept as it came)
@@ -24,6 +25,7 @@ from tuneloop.data.io.conversation import (
     conversation_of, sample_fields, type_name,
 )
 from tuneloop.records import Sample, join_prompt
+from tuneloop.tools import TOOL_CALLS, answers_with_calls
 
 TUNELOOP_COLUMN = "tuneloop"
 MEDIA_COLUMNS = ("images", "videos", "audios")
@@ -143,6 +145,10 @@ def _optional_parts(row: dict[str, Any], columns: Columns, consumed: set[str]) -
             tools = json.dumps(tools, ensure_ascii=False)
         if tools not in (None, ""):
             parts["tools"] = check_text(tools, f"column '{columns.tools}' (tools)")
+    if "answer_kind" in row:  # an empty cell (CSV, Parquet beside rows that have one) is no marker
+        consumed.add("answer_kind")
+        if row["answer_kind"] not in (None, ""):
+            parts["answer_kind"] = row["answer_kind"]
     if columns.kto_tag in row:
         consumed.add(columns.kto_tag)
     if row.get(columns.kto_tag) not in (None, ""):
@@ -252,6 +258,9 @@ def _common_parts(sample: Sample, row: dict[str, Any], carry: bool, expressed: s
         if name in extras:
             row[name] = extras[name]
             expressed.add(name)
+    if "answer_kind" in extras:
+        row["answer_kind"] = extras["answer_kind"]
+        expressed.add("answer_kind")
     if carry:
         row[TUNELOOP_COLUMN] = carried_fields(sample, expressed)
     return row
@@ -266,7 +275,9 @@ def sample_to_alpaca(sample: Sample, carry: bool = True) -> dict[str, Any]:
                            "system": sample.system, "history": sample.history}
     if sample.rejected is not None:
         row["rejected"] = sample.rejected
-    return _common_parts(sample, row, carry, set(ALPACA_EXPRESSED))
+    if answers_with_calls(sample):  # a conversation's function_call answer: Alpaca says so with answer_kind
+        row["answer_kind"] = TOOL_CALLS
+    return _common_parts(sample, row, carry, set(ALPACA_EXPRESSED) | {"answer_kind"})
 
 
 def sample_to_sharegpt(sample: Sample, tags: Tags = Tags(), messages_column: str = "conversations",
