@@ -255,3 +255,12 @@ def test_a_row_that_is_a_pair_already_comes_along_and_gets_the_models_own_mistak
     assert [(r.id, r.rejected) for r in result.rows] == [("r", WRONG_FIELD), (result.outcomes[0].row.id, PROSE)]
     assert result.counts()["brought"] == 1 and result.counts()["dpo_pairs"] == 2
     assert revision([pair], [[gen(RIGHT_TEXT)] * 2]).rows == [pair]  # no mistake of its own: the row alone
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_llamafactory_entry_of_the_earlier_run(tmp_path):
+    mixed = revision([sample("p", ""), sample("a", RIGHT_TEXT)], [[gen(RIGHT_TEXT)] * 2, [gen(RIGHT_TEXT), gen(PROSE)]])
+    write_revision(mixed, tmp_path)
+    assert set(read_dataset_info(tmp_path / "llamafactory")) == {"best_of_n_sft", "best_of_n_ranking"}
+    pairs_only = revision([sample("a", RIGHT_TEXT)], [[gen(RIGHT_TEXT), gen(PROSE)]])
+    write_revision(pairs_only, tmp_path)
+    assert set(read_dataset_info(tmp_path / "llamafactory")) == {"best_of_n"}

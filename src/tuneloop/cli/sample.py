@@ -77,18 +77,19 @@ def best_of_n(
     default_system = system if system is not None else (project.config.task.system if project else "")
     weights = reward_weights(preset or align.preset, None if preset else align.rewards)
     n = n or align.n
+    temperature = temperature if temperature is not None else align.sample_temperature
+    max_new_tokens = max_new_tokens if max_new_tokens is not None else align.sample_max_new_tokens
     if api_key_env and not os.environ.get(api_key_env):
         raise UserError(f"--api-key-env {api_key_env}: that environment variable is not set; export it with the "
                         "endpoint's key.")
     if out is None:
         if project is None:
             raise UserError("outside a project pass --out DIR for the revision.")
-        key = content_hash(base_url or model, str(Path(data).resolve()), n, weights, seed, length=8)
+        key = content_hash(base_url or model, str(Path(data).resolve()), n, weights, seed, temperature, max_new_tokens,
+                           max_samples, task_schema, default_system, length=8)
         out = project.path("data/best_of_n") / f"{label}-{Path(model).name or model}-{key}"
     result, paths = run_best_of_n(
-        samples, model, out, weights, task_schema, n=n,
-        temperature=temperature if temperature is not None else align.sample_temperature,
-        max_new_tokens=max_new_tokens if max_new_tokens is not None else align.sample_max_new_tokens,
+        samples, model, out, weights, task_schema, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
         default_system=default_system, base_url=base_url,
         api_key=os.environ.get(api_key_env) if api_key_env else None, seed=seed, progress=not quiet)
     counts = result.counts()

@@ -28,6 +28,7 @@ A pair is one Sample row (output = chosen, rejected = the worse answer) that des
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,6 +333,8 @@ def write_revision(result: BestOfNResult, out_dir: str | Path, default_system: s
              "brought": o.brought is not None,
              "candidates": [{"text": c.text, **c.brief()} for c in o.candidates]} for o in result.outcomes)),
     }
+    # the folder is this run's alone: an entry an earlier run wrote (another kind of rows) must not outlive it
+    shutil.rmtree(out / "llamafactory", ignore_errors=True)
     if rows:
         export_llamafactory(rows, out / "llamafactory", "best_of_n")
         paths["llamafactory"] = out / "llamafactory" / "dataset_info.json"
