@@ -27,15 +27,15 @@ A pair is one Sample row (output = chosen, rejected = the worse answer) that des
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.answers import parse_json
 from tuneloop.eval.backends import Generation
-from tuneloop.eval.metrics import score_answer
+from tuneloop.eval.metrics import canonical, score_answer
 from tuneloop.eval.runner import SampleValidators
 from tuneloop.llm_client import max_tokens_for
 from tuneloop.records import Lineage, Sample, content_hash, to_messages
@@ -161,10 +161,9 @@ def judge_candidates(sample: Sample, generations: Sequence[Generation], weights:
 
 
 def _canonical(text: str) -> str:
-    try:
-        return json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False)
-    except (json.JSONDecodeError, TypeError):
-        return text.strip()
+    """An answer as compared for sameness: canonical JSON (eval's), else the stripped text."""
+    ok, value = parse_json(text)
+    return canonical(value) if ok else text.strip()
 
 
 def golden_twins(samples: Sequence[Sample]) -> dict[str, Sample]:
