@@ -234,27 +234,98 @@ def join_prompt(instruction: str, input_text: str) -> str:
     return instruction or input_text
 
 
-def to_messages(sample: Sample, default_system: str = "", with_answer: bool = True) -> list[dict[str, str]]:
+class Chat(list):
+    """Chat messages with the functions offered beside them (`tools`, bare definitions; None without tools).
+
+    A list, so every caller that takes messages takes a Chat; the renderer (`train.templates`) and the endpoint
+    backends read `.tools`, so a sample's tools reach the template wherever its messages go.
+    """
+
+    def __init__(self, messages: Any = (), tools: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(messages)
+        self.tools = tools
+
+
+def _wire_calls(text: str, turn: int) -> list[dict[str, Any]] | None:
+    """A function_call turn's calls in OpenAI's wire shape (arguments as JSON text); None when it holds no call."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in items):
+        return None
+    calls = []
+    for index, call in enumerate(items):
+        arguments = call.get("arguments", {})
+        calls.append({"id": f"call_{turn}_{index}", "type": "function", "function": {
+            "name": call["name"],
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)}})
+    return calls
+
+
+def _tool_turns(sample: Sample, roles: list[str], texts: list[str]) -> list[dict[str, Any]]:
+    """Turns of a tool conversation as OpenAI messages: a call turn → assistant tool_calls, a result → tool."""
+    messages: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    for turn, (role, text) in enumerate(zip(roles, texts), start=1):
+        wire = _wire_calls(text, turn) if role == "function_call" else None
+        if wire is not None:
+            calls = wire
+            messages.append({"role": "assistant", "content": None, "tool_calls": wire})
+        elif role == "observation":
+            results = [text]
+            if len(calls) > 1:  # parallel results of one call turn travel as a JSON list of texts
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    value = None
+                if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    results = value
+            for index, result in enumerate(results):
+                call_id = calls[index]["id"] if index < len(calls) else f"call_{turn}_{index}"
+                messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
+        else:
+            messages.append({"role": "user" if role in ("user", "observation") else "assistant", "content": text})
+    return messages
+
+
+def to_messages(sample: Sample, default_system: str = "", with_answer: bool = True) -> Chat:
     """The chat a model sees for a sample, the one rendering train, eval and serve all use.
 
     ```
     [system]            sample.system, else the task's default system prompt (omitted when both empty)
     [user, assistant]*  sample.history
-    user                instruction + "\\n" + input
+    user                instruction + "\n" + input
     assistant           output            (only when with_answer)
     ```
+    A sample with tools or tool turns (`turn_roles`) gets OpenAI's shape: a call turn is an assistant message with
+    `tool_calls`, a tool result a `tool` message, and the Chat carries the sample's `tools`.
     """
-    messages: list[dict[str, str]] = []
+    messages = Chat()
     system = sample.system or default_system
     if system:
         messages.append({"role": "system", "content": system})
-    for turn in sample.history:
-        user, assistant = (list(turn) + ["", ""])[:2]
-        messages.append({"role": "user", "content": user})
-        messages.append({"role": "assistant", "content": assistant})
-    messages.append({"role": "user", "content": sample.prompt})
+    extras = sample.model_extra or {}
+    roles = extras.get("turn_roles")
+    texts = [text for turn in sample.history for text in (list(turn) + ["", ""])[:2]] + [sample.prompt]
     if with_answer:
-        messages.append({"role": "assistant", "content": sample.output})
+        texts.append(sample.output)
+    tooled = extras.get("tools") not in (None, "") or (isinstance(roles, list) and bool(
+        {"function_call", "observation"} & set(roles)))
+    if not tooled:
+        for index, text in enumerate(texts):
+            messages.append({"role": "user" if index % 2 == 0 else "assistant", "content": text})
+        return messages
+    if not (isinstance(roles, list) and len(roles) == 2 * len(sample.history) + 2):
+        roles = ["user" if i % 2 == 0 else "assistant" for i in range(2 * len(sample.history) + 2)]
+    if extras.get("answer_kind") == "tool_calls":
+        roles = [*roles[:-1], "function_call"]
+    messages.extend(_tool_turns(sample, roles[: len(texts)], texts))
+    try:
+        messages.tools = normalize_tools(extras.get("tools")) or None
+    except ToolError:
+        messages.tools = None  # the gate quarantines such a row; a renderer shows it without tools
     return messages
 
 
@@ -277,7 +348,7 @@ class PreferencePair(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str
-    prompt: list[dict[str, str]]
+    prompt: list[dict[str, Any]]  # a tool chat's messages hold tool_calls and null content
     chosen: str
     rejected: str
     source_id: str | None = None
