@@ -204,3 +204,59 @@ def test_a_stale_save_shows_the_conflict_and_the_newer_text(served, browser):
     page.keyboard.press("Control+s")  # now based on bob's version: saved
     page.wait_for_selector("#save-note:has-text('version 3')")
     assert dialogs == []
+
+
+NESTED = {
+    "type": "object",
+    "properties": {
+        "customer": {"type": "object", "properties": {"name": {"type": ["string", "null"]}, "vip": {"type": "boolean"}},
+                     "required": ["name", "vip"], "additionalProperties": False},
+        "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"},
+                                                                               "qty": {"type": "integer"}},
+                                             "required": ["sku", "qty"]}},
+        "channel": {"enum": ["web", "phone", None]},
+    },
+    "required": ["customer", "items", "channel"],
+    "additionalProperties": False,
+}
+
+
+def test_nested_objects_and_arrays_edit_field_by_field_in_sync_with_the_raw_json(tmp_path, browser, tokenizer):
+    from tuneloop.project import LabelRule, dump_config
+
+    project, store = make_project(tmp_path / "proj")
+    project.path("schemas/ticket.json").write_text(json.dumps(NESTED))
+    project.config.annotate.rules = [LabelRule(field="items[].sku", pattern=r"SKU-\d{4}", message="SKUs look like SKU-1234")]
+    project.path("tuneloop.yaml").write_text(dump_config(project.config))
+    dialogs: list[str] = []
+    with ServerThread(create_app(project, store, USERS, tokenizer=tokenizer)) as url:
+        page = open_page(browser, url, ANN, dialogs)
+        page.keyboard.press("?")
+        assert page.is_visible("#help") and "Ctrl" in page.inner_text("#help")
+        page.keyboard.press("?")
+        assert not page.is_visible("#help")
+        open_item(page, "relabel", "fail-0")
+        page.fill("input[aria-label='output.customer.name']", "Li Wei")
+        page.select_option("select[aria-label='output.customer.vip']", label="1 · true")
+        page.click("button:text('add items item')")
+        page.fill("input[aria-label='output.items[0].sku']", "sku 7")
+        page.fill("input[aria-label='output.items[0].qty']", "2")
+        page.focus("select[aria-label='output.channel']")
+        page.keyboard.press("2")  # the focused enum field: phone
+        assert json.loads(page.input_value("#raw-json")) == {
+            "customer": {"name": "Li Wei", "vip": True}, "items": [{"sku": "sku 7", "qty": 2}], "channel": "phone"}
+        problem = page.wait_for_selector(".field[data-path='output.items[0].sku'] .problem")
+        assert "SKUs look like SKU-1234" in problem.inner_text()  # the project's own rule, next to its field
+        raw = {"customer": {"name": None, "vip": False}, "items": [{"sku": "SKU-1234", "qty": 2},
+                                                                  {"sku": "SKU-5678", "qty": 1}], "channel": None}
+        page.fill("textarea[aria-label='input']", "Two kettles SKU-1234 and one lid SKU-5678, by phone.")
+        page.fill("#raw-json", json.dumps(raw))  # the other way: the raw JSON rebuilds the form
+        assert page.input_value("input[aria-label='output.items[1].sku']") == "SKU-5678"
+        assert page.is_checked("input[aria-label='output.customer.name is null']")
+        page.wait_for_selector("#problems li.ok")
+        page.keyboard.press("Control+Enter")
+        page.wait_for_selector("#editor .state-Submitted")
+        saved = RelabelQueue(store).get("fail-0")
+        assert json.loads(saved.label.output) == raw and saved.labeled().input.startswith("Two kettles")
+    store.close()
+    assert dialogs == []
