@@ -198,8 +198,8 @@ def _failures_file(round_: Round) -> Path:
 def relabel(round_: Round) -> dict[str, Any]:
     """Queue the failures; import `--labels FILE`; export what still waits; refuse when nothing is relabeled."""
     from tuneloop.traces.cluster import load_clustering
-    from tuneloop.traces.frozen import frozen_items
     from tuneloop.traces.queue import OPEN, RelabelQueue
+    from tuneloop.traces.relabel import LabelCheck, import_label_file
     from tuneloop.traces.select import load_failures
 
     project, labels = round_.project, getattr(round_.options, "labels", None)
@@ -216,9 +216,8 @@ def relabel(round_: Round) -> dict[str, Any]:
         queue = RelabelQueue(store)
         queued = queue.add_failures(failures, clustering)
         if labels is not None:
-            result = queue.import_labels(labels, round_.schema, round_.config.annotate.rules,
-                                         frozen=frozen_items(project.latest_round()),
-                                         dedup_config=round_.config.data.dedup)
+            # the label rules, and the latest round's frozen val/test items (a label repeating one is rejected)
+            result = import_label_file(queue, labels, LabelCheck.for_project(project))
             imported, rejected = len(result.accepted), list(result.rejected)
         exported = queue.export(export_file)
         counts = queue.counts()
