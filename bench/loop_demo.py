@@ -113,21 +113,28 @@ def send(project: Path, rows: list[Any]) -> dict[str, Any]:
     loaded = Project.load(project)
     model, system = current_model(loaded), loaded.config.task.system
     max_tokens = loaded.config.eval.max_new_tokens
+    from concurrent.futures import ThreadPoolExecutor
+
     counts = {"sent": 0, "right": 0, "negative_feedback": 0}
     with serve_in_background(model, loaded.traces_db) as url:
         endpoint = Endpoint(url, model="", api_key="local", max_retries=1)
         endpoint.model = endpoint.client.models.list().data[0].id
-        for row in rows:
-            reply = endpoint.create(messages=to_messages(row, system, with_answer=False), max_tokens=max_tokens,
-                                    temperature=0)
-            counts["sent"] += 1
-            ok, answer = parse_json(reply.choices[0].message.content or "")
-            if ok and answer == json.loads(row.output):
-                counts["right"] += 1
-                continue
-            counts["negative_feedback"] += 1
-            httpx.post(f"{url}/feedback", json={"trace_id": reply.id, "score": 0,
-                                                "comment": "wrong ticket fields"}, timeout=30).raise_for_status()
+
+        def ask(row: Any) -> tuple[Any, Any]:
+            return row, endpoint.create(messages=to_messages(row, system, with_answer=False), max_tokens=max_tokens,
+                                        temperature=0)
+
+        # users arrive together: the server batches what is in flight
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for row, reply in pool.map(ask, rows):
+                counts["sent"] += 1
+                ok, answer = parse_json(reply.choices[0].message.content or "")
+                if ok and answer == json.loads(row.output):
+                    counts["right"] += 1
+                    continue
+                counts["negative_feedback"] += 1
+                httpx.post(f"{url}/feedback", json={"trace_id": reply.id, "score": 0,
+                                                    "comment": "wrong ticket fields"}, timeout=30).raise_for_status()
     print(f"traffic: {counts['sent']} new messages to {model}: {counts['right']} right, "
           f"{counts['negative_feedback']} with negative feedback", flush=True)
     return {"model": model, **counts}
