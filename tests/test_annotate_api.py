@@ -264,7 +264,8 @@ def test_the_seed_set_goes_into_the_next_round_whole_with_its_corrections(client
     written = client.post("/api/export/round", headers=auth(REV), json={"queue": "seed"}).json()
     counts = written["counts"]
     rows = load_samples(written["path"])
-    assert counts["rows"] == counts["corrected"] + counts["discarded"] + counts["unchanged"] == len(rows) + 1
+    in_sources = len(load_samples(project.path(project.config.data.sources[0].path)))
+    assert counts["rows"] == counts["corrected"] + counts["discarded"] + counts["unchanged"] == len(rows) + 1 == in_sources
     assert (counts["corrected"], counts["discarded"]) == (1, 1)
     by_id = {s.id: s for s in rows}
     assert by_id[first].output == corrected and by_id[first].meta.annotator == "ann"
@@ -308,3 +309,21 @@ def test_the_prompt_preview_is_the_training_template(project_store):
     sample = RelabelQueue(store).get("fail-0").sample.model_copy(update={"input": "Edited <b>message</b>"})
     assert shown.json()["prompt"] == prompt_text(tokenizer, sample, default_system=project.config.task.system)
     assert shown.json()["prompt"].startswith("<|im_start|>system\nYou extract ticket fields as JSON.<|im_end|>")
+
+
+def test_a_seed_row_repeating_an_id_is_one_item_and_every_copy_is_written_back(tmp_path):
+    root = tmp_path / "proj"
+    init_example(root, size=30)
+    project = Project.load(root)
+    seed_file = project.path(project.config.data.sources[0].path)
+    lines = seed_file.read_text().splitlines()
+    seed_file.write_text("\n".join(lines + [lines[0], "{not json"]) + "\n")  # a repeated row and a broken one
+    with TraceStore(project.traces_db) as store:
+        queues = Queues(project, store)
+        added, notes = queues.add_seed_set()
+        assert added == len(lines) and any("repeat another row's id" in n for n in notes)
+        assert any("do not read as samples" in n for n in notes)
+        written = queues.write_seed_set()
+    counts = written["counts"]
+    assert counts["rows"] == len(lines) + 2 == counts["unchanged"] + counts["unreadable"]
+    assert len(load_samples(written["path"])) == len(lines) + 1  # the repeated row too: rows are never lost

@@ -76,12 +76,12 @@ class Queues:
         self.check = LabelCheck.for_project(project)
 
     # -- the seed set -----------------------------------------------------------------------------------------
-    def add_seed_set(self) -> tuple[int, list[str]]:
-        """Queue every sample of data.sources (new ones only); returns how many were new and what was left out."""
+    def _sources(self) -> tuple[list[Sample], int, list[str]]:
+        """Every sample of data.sources in order, the rows that do not read as samples, and notes on both."""
         from tuneloop.data.io.formats import read_samples
 
-        samples: dict[str, Sample] = {}
-        notes = []
+        samples: list[Sample] = []
+        unreadable, notes = 0, []
         for source in self.project.config.data.sources:
             path = self.project.path(source.path)
             if not path.is_file():
@@ -89,32 +89,46 @@ class Queues:
                 continue
             read = read_samples(path)
             if read.quarantined:
+                unreadable += len(read.quarantined)
                 notes.append(f"{path}: {len(read.quarantined)} rows do not read as samples (the gate quarantines "
-                             "them); left out")
-            for sample in read.samples:
-                samples.setdefault(sample.id, sample)
-        added = self.tables["seed"].add_samples(list(samples.values()), SEED, [[] for _ in samples])
+                             "them too); left out")
+            samples += read.samples
+        return samples, unreadable, notes
+
+    def add_seed_set(self) -> tuple[int, list[str]]:
+        """Queue every sample of data.sources (new ids only); returns how many were new, and notes."""
+        samples, _unreadable, notes = self._sources()
+        unique: dict[str, Sample] = {}
+        for sample in samples:
+            unique.setdefault(sample.id, sample)
+        if len(unique) < len(samples):
+            notes.append(f"{len(samples) - len(unique)} rows repeat another row's id: one item each id (its label "
+                         "applies to every copy)")
+        added = self.tables["seed"].add_samples(list(unique.values()), SEED, [[] for _ in unique])
         return added, notes
 
     def write_seed_set(self, path: Path | None = None) -> dict[str, Any]:
-        """The seed set with its accepted labels applied, in source order, discarded rows left out (counted)."""
+        """The seed set as data.sources hold it now, in their order, with accepted labels applied and discarded
+        rows left out: rows in = unchanged + corrected + discarded + unreadable (the gate quarantines those)."""
         from tuneloop.data.io.formats import write_samples
 
+        samples, unreadable, notes = self._sources()
         items = {item.id: item for item in self.tables["seed"].items()}
-        rows, counts = [], {"rows": 0, "corrected": 0, "discarded": 0, "unchanged": 0}
-        for item in sorted(items.values(), key=lambda i: (i.created_at, i.id)):
-            counts["rows"] += 1
-            if item.status == "discarded":
+        rows, counts = [], {"rows": len(samples) + unreadable, "unchanged": 0, "corrected": 0, "discarded": 0,
+                            "unreadable": unreadable}
+        for sample in samples:
+            item = items.get(sample.id)
+            if item is not None and item.status == "discarded":
                 counts["discarded"] += 1
-            elif item.status in ACCEPTED:
+            elif item is not None and item.status in ACCEPTED:
                 rows.append(labeled_sample("seed", item))
                 counts["corrected"] += 1
             else:
-                rows.append(item.sample)
+                rows.append(sample)
                 counts["unchanged"] += 1
         target = self.project.path(path or SEED_SET_FILE)
         write_samples(target, rows)
-        return {"path": str(target), "counts": counts}
+        return {"path": str(target), "counts": counts, "notes": notes}
 
     # -- reading ------------------------------------------------------------------------------------------------
     def table(self, kind: str) -> RelabelQueue:

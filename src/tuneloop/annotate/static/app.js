@@ -2,6 +2,7 @@
 // The server is the authority on every rule and role; this page shows what it says, next to the field it names.
 import { AnswerEditor } from "./form.js";
 import { clear, debounce, el, isTyping, when } from "./dom.js";
+import { filterPanel, itemList } from "./list.js";
 import { renderAgreement, renderExport, renderSop } from "./panels.js";
 
 const $ = (id) => document.getElementById(id);
@@ -65,33 +66,11 @@ async function loadList(keep) {
 }
 
 function renderFilters(facets) {
-  const box = clear($("filters"));
-  for (const name of state.session.filters) {
-    const select = el("select", { "aria-label": `filter ${name}`, dataset: { filter: name } },
-                      el("option", { value: "", text: "all" }));
-    for (const value of facets[name] || []) {
-      select.append(el("option", { value, text: name === "status" ? state.session.states[value] || value : value,
-                                   selected: state.filters[name] === value }));
-    }
-    select.addEventListener("change", () => {
-      if (select.value) state.filters[name] = select.value; else delete state.filters[name];
-      loadList();
-    });
-    box.append(el("label", {}, name.replace("_", " "), select));
-  }
+  filterPanel($("filters"), state.session, facets, state.filters, loadList);
 }
 
 function renderList() {
-  const list = clear($("items"));
-  state.items.forEach((item, index) => {
-    list.append(el("li", { class: index === state.index ? "current" : "", dataset: { id: item.id },
-                           onclick: () => openAt(index) },
-      el("span", { class: `state state-${item.state}`, text: item.state }),
-      el("code", { text: item.id }),
-      el("span", { class: "snippet", text: item.input }),
-      item.reasons && item.reasons.length ? el("span", { class: "reasons", text: item.reasons.join(" · ") }) : null,
-      item.cluster !== null && item.cluster !== undefined ? el("span", { class: "muted", text: ` cluster ${item.cluster}` }) : null));
-  });
+  itemList($("items"), state.items, state.index, openAt);
 }
 
 async function openAt(index, force) {
