@@ -187,3 +187,14 @@ def test_tuneloop_train_dpo_runs_from_the_command_line(sft_run, pairs, tmp_path)
     no_pairs = CliRunner().invoke(app, ["train", "dpo", "--train", str(pairs[0]), "--out", str(tmp_path / "x"),
                                         "--model", str(sft_run.out_dir), "--max-length", "20", "--quiet"])
     assert no_pairs.exit_code == 2 and "no preference pair to train on" in no_pairs.output
+
+
+def test_an_unknown_loss_type_is_one_line_naming_the_setting(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneloop.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "dpo", "--train", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "o"),
+                                      "--model", "default", "--loss-type", "sigmoidd"])
+    assert result.exit_code == 2 and "align.loss_type" in result.output and "sigmoid" in result.output
+    assert "Traceback" not in result.output

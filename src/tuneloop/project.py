@@ -130,8 +130,11 @@ class AlignConfig(Section):
     method: Literal["none", "dpo"] = Field("none", description="none | dpo: `tuneloop run` adds best-of-N + DPO "
                                            "after SFT (stages `best-of-n` and `dpo`, before `eval after`).")
     beta: float = Field(0.1, gt=0, description="DPO beta: higher keeps the model closer to the reference (the SFT model).")
-    loss_type: str = Field("sigmoid", description="DPO loss (TRL's loss_type): sigmoid | ipo | hinge | robust | "
-                           "apo_zero | sigmoid_norm | ...")
+    # TRL's DPO losses that need no setting beyond beta (exo_pair needs label smoothing, so it is not offered)
+    loss_type: Literal["sigmoid", "hinge", "ipo", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                       "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"] = Field(
+        "sigmoid", description="DPO loss (TRL's loss_type): sigmoid (DPO) | ipo | hinge | robust | apo_zero | "
+                               "sigmoid_norm | ...")
     learning_rate: float | None = Field(None, description="None: 2e-5 for LoRA/QLoRA, 1e-6 for full (a tenth of "
                                         "SFT's rates or less: alignment moves a trained model, gently).")
     epochs: float = Field(1, gt=0, description="Passes over the preference pairs (DPO) or the prompts (GRPO).")

@@ -70,6 +70,8 @@ def sft(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     engine: str = typer.Option(None, "--engine", help="tuneloop (default: its own SFT step) | trl (TRL's SFTTrainer)."),
     compile_step: str = typer.Option(None, "--compile", help="auto | on | off: torch.compile the decoder layers."),
+    memory_budget: float = typer.Option(None, "--memory-budget", help="GPU GiB the run may use: the engine recomputes "
+                                        "activations to fit (default: keeps a measured share, train.memory_budget_gib)."),
 ) -> None:
     """Supervised fine-tuning (LoRA, QLoRA or full) with packing, early stopping, resume and a run card.
 
@@ -81,7 +83,7 @@ def sft(
         base = load_config(config_file).train
     settings = _settings(base, {"method": method, "max_steps": max_steps, "epochs": epochs, "learning_rate": lr,
                                 "max_length": max_length, "packing": False if no_packing else None,
-                                "engine": engine, "compile": compile_step})
+                                "engine": engine, "compile": compile_step, "memory_budget_gib": memory_budget})
     train, val, out, model, system = _paths(train, val, out, project_dir, model, settings)
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
         from tuneloop.train.sft import launch_command
@@ -134,6 +136,8 @@ def _align_inputs(kind: str, train: Path | None, val: Path | None, out: Path | N
                   config_file: Path | None, model: str | None, overrides: dict[str, Any],
                   align_overrides: dict[str, Any]) -> tuple[Path, Path | None, Path, str, str, TrainConfig, Any, Any]:
     """Files, run folder, start model, system prompt and settings of `tuneloop train dpo|grpo`."""
+    from pydantic import ValidationError
+
     from tuneloop.files import file_digest
     from tuneloop.project import AlignConfig
     from tuneloop.records import content_hash
@@ -143,7 +147,12 @@ def _align_inputs(kind: str, train: Path | None, val: Path | None, out: Path | N
     settings = _settings(loaded.train if loaded else TrainConfig(), overrides)
     align_values = (loaded.align if loaded else AlignConfig()).model_dump()
     align_values.update({k: v for k, v in align_overrides.items() if v is not None})
-    align = AlignConfig.model_validate(align_values)
+    try:
+        align = AlignConfig.model_validate(align_values)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        raise UserError(f"align.{'.'.join(str(p) for p in problem['loc'])} (or its option): {problem['msg']}; see "
+                        f"`tuneloop train {kind} --help`.") from None
     system = project.config.task.system if project else ""
     if model is None:
         latest_run = _latest_sft_run(project)
