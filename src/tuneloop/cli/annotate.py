@@ -9,6 +9,7 @@ import typer
 
 from tuneloop.cli.apps import app
 from tuneloop.cli.common import UserError, console, find_project, friendly_errors
+from tuneloop.cli.serve import _is_loopback
 
 DEFAULT_USERS = ["annotator:annotator", "reviewer:reviewer"]
 
@@ -73,6 +74,9 @@ def annotate(
     except OSError as err:
         raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror}); pick another port.") from None
     bound = sock.getsockname()[1]
+    if not _is_loopback(host):
+        console.print(f"note: {host} is reachable from other machines over plain HTTP; the tokens below travel in "
+                      "clear: use it only on a network you trust (or behind a TLS proxy)", highlight=False)
     shown = f"[{host}]" if ":" in host else host
     for secret, person in users.items():
         console.print(f"{person.name} ({person.role}): http://{shown}:{bound}/#token={secret}", highlight=False,
