@@ -5,7 +5,8 @@ comparison is refused. For each mode both runs share:
 ```
 metrics      binary: rates, delta with bootstrap CI, McNemar exact p, verdict better | worse | no change
              field accuracy (per-sample normalized and exact): delta with bootstrap CI
-slices       per meta.task_type / meta.source / meta.difficulty / sample_type value: n, ok rate before/after, delta + CI
+slices       per meta.task_type / meta.source / meta.difficulty / sample_type value (and per expected tool where the
+             test set offers tools): n, ok rate before/after, delta + CI
 fields       per field path: accuracy before/after, delta + CI
 ```
 """
@@ -62,7 +63,8 @@ def compare_metrics(pairs: list[tuple[EvalResult, EvalResult]], alpha: float) ->
 
 def compare_slices(pairs: list[tuple[EvalResult, EvalResult]], alpha: float) -> dict[str, list[dict[str, Any]]]:
     by_slice: dict[str, list[dict[str, Any]]] = {}
-    for key in SLICE_KEYS:
+    tooled = any("tool" in a.slices for a, _ in pairs)  # per-tool slices where the test set offers tools
+    for key in (*SLICE_KEYS, "tool") if tooled else SLICE_KEYS:
         groups: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
         for a, b in pairs:
             groups[a.slices.get(key, "unset")].append((a.scores["ok"], b.scores["ok"]))

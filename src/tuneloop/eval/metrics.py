@@ -18,7 +18,10 @@ fields_lenient  the same read from the JSON found inside the noise (only when th
 refused         the answer is a refusal (`tuneloop.answers.is_refusal`, with the schema's `x-refusal` form)
 refusal_ok      must-refuse refused / must-answer answered; on boundary samples and samples with expected "refuse"
 truncated       finish_reason == "length"
-ok              no failure of any kind above: the per-sample pass used for failure rates and bad cases
+ok              no failure of any kind above: the per-sample pass used for failure rates and bad cases; for a
+                sample that offers tools, also the call's checks (`eval.tool_metrics`: the expected call matched by
+                its AST and valid, or no call where none was expected)
+tool_*          function-calling scores of samples with tools (`eval.tool_metrics`)
 ```
 """
 
@@ -32,10 +35,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tuneloop.answers import MISSING, find_json, is_refusal, parse_json, refusal_form, schema_errors
+from tuneloop.eval.tool_metrics import TOOL_METRICS, tool_ok, tool_scores, tool_summary
 from tuneloop.records import Sample
 
 NULL_LIKE = {"", "null", "none", "n/a", "na", "无", "空"}
-BINARY_METRICS = ("ok", "json_valid", "schema_valid", "exact_match", "clean", "refusal_ok", "complete")
+BINARY_METRICS = ("ok", "json_valid", "schema_valid", "exact_match", "clean", "refusal_ok", "complete", *TOOL_METRICS)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -180,6 +184,12 @@ def score_answer(sample: Sample, raw: str, finish_reason: str | None, validator:
     if sample.sample_type == "boundary" or must_refuse:
         scores["refusal_ok"] = refused == must_refuse
     scores["ok"] = sample_ok(scores, expected_is_json, must_refuse)
+    tool = tool_scores(sample, raw)
+    if tool:
+        scores.update(tool)
+        passed = bool(tool_ok(scores)) and not scores["truncated"]
+        # a call answer is judged by its call alone; a text answer beside tools must also not call
+        scores["ok"] = passed if scores.get("tool_call_made") is not None else passed and scores["ok"]
     return scores
 
 
@@ -227,6 +237,7 @@ def summarize(scores: list[Mapping[str, Any]]) -> dict[str, Any]:
         summary[f"field_accuracy_{name}_macro"] = (sum(field_rates) / len(field_rates)) if field_rates else None
     summary["field_accuracy"] = summary["field_accuracy_normalized_micro"]  # strict: the headline
     summary["field_accuracy_lenient"] = (sum(p[1] for p in lenient_pairs) / len(lenient_pairs)) if lenient_pairs else None
+    summary.update(tool_summary(scores))
     summary["per_field"] = {
         path: {"n": len(pairs), "exact": sum(p[0] for p in pairs) / len(pairs), "normalized": sum(p[1] for p in pairs) / len(pairs)}
         for path, pairs in sorted(per_field.items())

@@ -103,7 +103,9 @@ def run_report(summary: dict[str, Any], results: Sequence[EvalResult]) -> str:
     modes = summary["modes"]
     overview = key_values({k: summary.get(k) for k in ("model", "test_file", "samples", "quarantined", "seconds",
                                                  "max_tokens", "max_tokens_reason", "resumed", "review_queue")})
-    metric_rows = [{"metric": m, **{mode: _fmt(s.get(m)) for mode, s in modes.items()}} for m in RATE_ROWS]
+    tool_rows = ("called_when_it_should_not", "did_not_call_when_it_should")
+    metric_rows = [{"metric": m, **{mode: _fmt(s.get(m)) for mode, s in modes.items()}} for m in (*RATE_ROWS, *tool_rows)
+                   if not m.startswith(("tool_", *tool_rows)) or any(s.get(m) is not None for s in modes.values())]
     shown = [m for m in BINARY_METRICS if any(s.get(m) is not None for s in modes.values())]
     parts = [
         section("Run", overview),
@@ -120,6 +122,9 @@ def run_report(summary: dict[str, Any], results: Sequence[EvalResult]) -> str:
                                                    "normalized": [fields[n]["normalized"] for n in names]},
                                            "accuracy per field", horizontal=True),
                              table([{"field": n, **fields[n]} for n in names])))
+    tools = first.get("per_tool") or {}
+    if tools:  # function calling: the per-sample pass of each expected tool ("none": no call expected)
+        parts.append(section("Per-tool pass rate (unconstrained)", table([{"tool": n, **tools[n]} for n in tools])))
     by_mode = {mode: [r for r in results if r.mode == mode] for mode in modes}
     parts.append(section("Failure rate vs length", _length_plot(by_mode)))
     errors = [{"sample": r.sample_id, "mode": r.mode, "error": r.error} for r in results if getattr(r, "error", None)]

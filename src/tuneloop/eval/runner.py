@@ -35,6 +35,7 @@ from tuneloop.eval.backends import (
 )
 from tuneloop.eval.journal import Journal
 from tuneloop.eval.metrics import score_answer, summarize
+from tuneloop.tools import sample_calls
 from tuneloop.files import file_digest, write_json, write_jsonl, write_text
 from tuneloop.llm_client import max_tokens_for
 from tuneloop.progress import progress_bar, say
@@ -67,6 +68,9 @@ def slices(sample: Sample) -> dict[str, str]:
     """The values a comparison slices by; a missing one is the string "unset" so it still forms a slice."""
     values = {key: getattr(sample.meta, key) for key in SLICE_KEYS if key != "sample_type"}
     values["sample_type"] = sample.sample_type
+    if "tools" in sample.extras:  # per-tool slices: the expected function, "none" where no call is expected
+        calls = sample_calls(sample) or []
+        values["tool"] = ",".join(sorted({c["name"] for c in calls})) or "none"
     return {key: str(value) if value is not None else "unset" for key, value in values.items()}
 
 
