@@ -333,3 +333,29 @@ def test_a_rejected_label_stops_the_cycle_naming_the_file_and_line(tmp_path):
     assert refused.value.reasons[0].startswith(f"{labels}, line 2 ({row['id']}): ")
     assert "N/A" in refused.value.reasons[0] and "fix those rows" in refused.value.advice
     assert refused.value.outputs["imported"] == 3
+
+
+def test_a_cycle_on_a_project_without_traffic_stops_saying_where_traffic_comes_from(tmp_path):
+    from tuneloop.loop import Round
+    from tuneloop.loop_stage import RoundRefused, run_stages
+    from tuneloop.loop_traffic import CYCLE_STAGES
+
+    project = Project(tmp_path, ProjectConfig(model="base-model"))
+    round_ = Round(project, CycleOptions(), lambda _: None)
+    with pytest.raises(RoundRefused) as refused:
+        run_stages(CYCLE_STAGES[:5], round_, lambda _: None)  # no failures: the clustering has nothing to embed
+    assert refused.value.reasons == ["no failures in the traffic and no relabeled rows yet"]
+    assert "tuneloop serve --model base-model" in refused.value.advice and "loop.traces" in refused.value.advice
+
+
+def test_the_cli_names_the_stages_when_one_is_misspelt(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneloop.cli.main import app
+
+    (tmp_path / "tuneloop.yaml").write_text("model: base-model\n")
+    result = CliRunner().invoke(app, ["loop", "--project", str(tmp_path), "--skip", "clustr"])
+    assert result.exit_code == 2, result.output
+    assert "no stage named 'clustr'" in result.output and "eval traffic" in result.output
+    result = CliRunner().invoke(app, ["loop", "--project", str(tmp_path), "--skip", "train"])
+    assert result.exit_code == 2 and "cannot be left out" in result.output, result.output

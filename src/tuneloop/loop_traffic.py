@@ -230,6 +230,11 @@ def relabel(round_: Round) -> dict[str, Any]:
                                        rejected],
                            f"fix those rows of {labels} (the other {imported} labels were accepted) and rerun "
                            f"`tuneloop loop --labels {labels}`.", outputs)
+    if not accepted and not pending:
+        raise RoundRefused("relabel", ["no failures in the traffic and no relabeled rows yet"],
+                           f"serve the current model (`tuneloop serve --model {current_model(project)}`) or list "
+                           "where traffic comes from under loop.traces in tuneloop.yaml, then rerun `tuneloop loop`.",
+                           outputs)
     if not accepted:
         raise RoundRefused("relabel", [f"no accepted relabeled rows: {pending} failures wait in the relabel queue"],
                            f"fill in the right answer of each row of {export_file} (its `output` field, the answer "
@@ -441,6 +446,10 @@ def stages_for(options: CycleOptions) -> list[Stage]:
     unknown = [n for n in [*options.skip, *([options.only] if options.only else [])] if n not in STAGE_NAMES]
     if unknown:
         raise LoopError(f"no stage named {unknown[0]!r}; the stages are: {', '.join(STAGE_NAMES)}.")
+    fixed = [s.name for s in CYCLE_STAGES if s.name in options.skip and not s.may_skip]
+    if fixed:  # said before any model loads (run_stages says it too)
+        raise LoopError(f"stage '{fixed[0]}' cannot be left out: the stages after it read what it makes; these can: "
+                        + ", ".join(s.name for s in CYCLE_STAGES if s.may_skip) + ".")
     if options.only is None:
         return list(CYCLE_STAGES)
     index = STAGE_NAMES.index(options.only)
