@@ -327,3 +327,29 @@ def test_a_seed_row_repeating_an_id_is_one_item_and_every_copy_is_written_back(t
     counts = written["counts"]
     assert counts["rows"] == len(lines) + 2 == counts["unchanged"] + counts["unreadable"]
     assert len(load_samples(written["path"])) == len(lines) + 1  # the repeated row too: rows are never lost
+
+
+def test_a_frozen_test_prompt_blocks_a_traffic_label_but_a_seed_may_be_corrected(project_store):
+    from tuneloop.data.io.formats import write_samples
+
+    project, store = project_store
+    seed = RelabelQueue(store, "seed_queue").get("seed-0001").sample
+    frozen = traffic_sample(0).model_copy(update={"id": "test-1", "output": GOOD})
+    round_dir = project.rounds_dir / "r0001"
+    write_samples(round_dir / "test.jsonl", [frozen, seed])  # a traffic prompt and a seed row frozen in test
+    (round_dir / "manifest.json").write_text("{}")
+    client = TestClient(create_app(project, store, USERS))
+    traffic = put(client, read(client, "relabel", "fail-0"), "submit", output=GOOD)
+    assert traffic.status_code == 422 and traffic.json()["problems"][-1]["rule"] == "frozen"
+    item = read(client, "seed", "seed-0001")
+    assert put(client, item, "submit").status_code == 200, "a frozen seed row is corrected in place"
+
+
+def test_a_reviewers_reason_stays_until_the_annotator_writes_another(client):
+    item = put(client, read(client, "relabel", "fail-0"), "submit", output=GOOD).json()
+    rejected = client.post("/api/review", headers=auth(REV), json={"kind": "relabel", "id": "fail-0", "version":
+                                                                   item["version"], "verdict": "reject",
+                                                                   "comment": "order id is wrong"}).json()
+    draft = put(client, rejected, "draft", output=GOOD).json()
+    assert draft["comment"] == "order id is wrong"
+    assert put(client, draft, "draft", output=GOOD, comment="fixed it").json()["comment"] == "fixed it"

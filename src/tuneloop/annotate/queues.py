@@ -73,7 +73,10 @@ class Queues:
         self.project = project
         self.store = store
         self.tables = {kind: RelabelQueue(store, table) for kind, table in KINDS.items()}
-        self.check = LabelCheck.for_project(project)
+        relabel = LabelCheck.for_project(project)
+        # a seed row may itself be a frozen val/test item: correcting it is correcting the rounds' source (the gate
+        # keeps a frozen item in its split with its newest answer); traffic and eval variants must not repeat one
+        self.checks = {"relabel": relabel, "seed": LabelCheck(relabel.schema, relabel.rules, {}, relabel.dedup)}
 
     # -- the seed set -----------------------------------------------------------------------------------------
     def _sources(self) -> tuple[list[Sample], int, list[str]]:
@@ -183,15 +186,17 @@ class Queues:
     # -- writing ------------------------------------------------------------------------------------------------
     def problems(self, kind: str, item: QueueItem, form: dict[str, Any]) -> list[dict[str, str]]:
         label = label_from_form(item, form)
-        return [vars(p) for p in self.check.problems([item.labeled(label)])[0]]
+        return [vars(p) for p in self.checks[kind].problems([item.labeled(label)])[0]]
 
     def save(self, kind: str, item_id: str, form: dict[str, Any], version: int, user: str, status: str) -> QueueItem:
         """Save the form as a draft / submitted / discarded label (submitting runs the label check first)."""
         table = self.table(kind)
         item = table.get(item_id)
         label = label_from_form(item, form)
+        # a comment stays on the row (a reviewer's reason for a reject) until someone writes another
         saved = table.save(item_id, label, version, annotator=user, status=status,
-                           check=self.check if status == "submitted" else None, comment=form.get("comment") or None)
+                           check=self.checks[kind] if status == "submitted" else None,
+                           comment=form.get("comment") or item.comment)
         if status == "submitted":
             self.store.query("INSERT INTO annotations (queue, item_id, annotator, label, version, created_at) "
                              "VALUES (?,?,?,?,?,?)", (kind, item_id, user, label.model_dump_json(), saved.version,
