@@ -10,6 +10,7 @@ Steps, each through tuneloop's own functions (what `tuneloop run` with `align.me
   2. SFT on the first --rows train rows (cold start)                      → eval on test   (the baseline)
   3. best-of-N (N = --n) with the SFT model on the same prompts: failing candidates become `rejected` against the
      reference answer; DPO from the SFT run on those pairs                 → eval on test   (the candidate)
+  (--grpo-steps N: GRPO from the same SFT run on the same prompts for N steps; its rewards and cut share are printed)
   4. `eval.compare.compare_evals`: strict JSON parse rate (json_valid) and noise (clean), McNemar p-values; the
      prefix-noise rate ("Here is the JSON:") is paired the same way with `eval.stats.compare_binary`.
 """
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=None, help="DPO optimizer steps (default: 1 epoch).")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-lr", type=float, default=None, help="DPO learning rate (default: align's rule).")
+    parser.add_argument("--grpo-steps", type=int, default=0, help="Also run GRPO from the SFT run for this many "
+                        "steps on the same prompts and report its rewards and cut completions (0: not run).")
     parser.add_argument("--quick", action="store_true", help="A few steps and test samples (the tiny smoke).")
     parser.add_argument("--work", default=None, help="Scratch folder (default: a fresh temporary one).")
     parser.add_argument("--markdown", default=None, help="Write the result table here too.")
@@ -108,6 +111,21 @@ def main() -> None:
              progress=False)
     timings["eval_dpo_s"] = round(time.monotonic() - mark, 1)
 
+    grpo_line = None
+    if args.grpo_steps:
+        from tuneloop.train.grpo import train_grpo
+
+        mark = time.monotonic()
+        grpo = train_grpo(cold, work / "runs" / "grpo", str(sft.out_dir), settings,
+                          align.model_copy(update={"max_steps": args.grpo_steps}), system, schema, progress=False)
+        timings["grpo_s"] = round(time.monotonic() - mark, 1)
+        run, parses = grpo.run, [m["rewards/json_parses/mean"] for m in grpo.metrics if "rewards/json_parses/mean" in m]
+        grpo_line = (f"GRPO from the SFT run, {run['steps']} steps × {run['num_generations']} completions "
+                     f"(max_completion_length {run['max_completion_length']}: {run['max_completion_length_reason']}): "
+                     f"reward {run['reward'][0]} → {run['reward'][-1]}, json_parses "
+                     f"{parses[0] if parses else '-'} → {parses[-1] if parses else '-'}, cut completions "
+                     f"{run['clipped_ratio']['first']} → {run['clipped_ratio']['last']}")
+
     comparison = compare_evals(work / "evals" / "sft", work / "evals" / "dpo", work / "evals" / "compare")
     metrics = comparison["modes"]["unconstrained"]["metrics"]
     pairs = pair_results(load_results(work / "evals" / "sft"), load_results(work / "evals" / "dpo"), "unconstrained")
@@ -132,6 +150,8 @@ def main() -> None:
              row("prefix-noise rate (prose before the JSON)", prefix, invert=True)]
     if "schema_valid" in metrics:
         lines.append(row("schema-valid rate", metrics["schema_valid"]))
+    if grpo_line:
+        lines += ["", grpo_line]
     lines += ["", "timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
               f"comparison report: {work / 'evals' / 'compare' / 'report.html'}"]
     table = "\n".join(lines)
