@@ -17,9 +17,11 @@ from tuneloop.records import Meta
 from tuneloop.traces.queue import RelabelQueue
 
 CHROMIUM = Path("/usr/bin/chromium")
-# about 15 s for the file on a 2-core box (browser start, the tiny tokenizer): not slow
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                "(apt-get install -y chromium; .ci/run installs it); no browser is ever downloaded")
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                       "(apt-get install -y chromium; .ci/run installs it); no browser is ever downloaded"),
+    pytest.mark.slow,  # about 21 s for the file on a 2-core box (a real browser, the tiny tokenizer's torch import)
+]
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (requirements/lock.txt)")
 
 
@@ -96,6 +98,11 @@ def test_label_with_the_keyboard_fix_what_the_rules_say_review_and_export(served
     dialogs: list[str] = []
     page = open_page(browser, url, ANN, dialogs)
     open_item(page, "relabel", "fail-0")
+    page.keyboard.press("j")  # next sample, then back
+    page.wait_for_selector("#items li.current[data-id='fail-1']")
+    page.wait_for_selector("#editor code:text-is('fail-1')")
+    page.keyboard.press("k")
+    page.wait_for_selector("#editor code:text-is('fail-0')")
     assert 'Sure! {"intent": "refund"}' in page.inner_text(".model-answer")  # the model's answer beside the form
     assert "What must be refused" in page.inner_text("#tab-sop")
     page.keyboard.press("Escape")
@@ -203,6 +210,9 @@ def test_a_stale_save_shows_the_conflict_and_the_newer_text(served, browser):
     assert page.input_value("#raw-json") == theirs
     page.keyboard.press("Control+s")  # now based on bob's version: saved
     page.wait_for_selector("#save-note:has-text('version 3')")
+    page.keyboard.press("Alt+d")
+    page.wait_for_selector("#editor .state-Discarded")
+    assert RelabelQueue(store).get("fail-1").status == "discarded"
     assert dialogs == []
 
 
