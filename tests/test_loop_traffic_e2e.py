@@ -137,16 +137,22 @@ def test_traffic_from_the_embedded_server_runs_a_whole_cycle_to_a_canary(first_r
 
     labels = tmp_path / "labels.jsonl"
     assert fill_from_truth(export_file, truth_by_prompt(traffic), labels) >= 8
-    result = cli("loop", "--project", str(project), "--quick", "--no-serve", "--labels", str(labels))
-    assert_cycle_trained_from_the_current_model(project, result, canary=True)
+    canary_file = project / "loop" / "r0002" / "canary.json"
+    try:
+        result = cli("loop", "--project", str(project), "--quick", "--no-serve", "--labels", str(labels))
+        assert_cycle_trained_from_the_current_model(project, result, canary=True)
+        state = json.loads(canary_file.read_text())
+        assert httpx.get(f"{state['url']}/models", timeout=10).status_code == 200
+        stop = cli("canary", "stop", "--file", str(canary_file))
+        assert stop.exit_code == 0 and "stopped" in stop.output, stop.output
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{state['url']}/models", timeout=2)
+        assert not canary_file.exists()
+    finally:  # a failed assertion never leaves the detached router running
+        if canary_file.exists():
+            from tuneloop.loop_canary import stop_canary
 
-    state = json.loads((project / "loop" / "r0002" / "canary.json").read_text())
-    assert httpx.get(f"{state['url']}/models", timeout=10).status_code == 200
-    stop = cli("canary", "stop", "--file", str(project / "loop" / "r0002" / "canary.json"))
-    assert stop.exit_code == 0 and "stopped" in stop.output, stop.output
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{state['url']}/models", timeout=2)
-    assert not (project / "loop" / "r0002" / "canary.json").exists()
+            stop_canary(canary_file)
 
     listed = cli("rounds", "list", "--dir", str(project / "data" / "rounds"))
     r2 = next(line for line in listed.output.splitlines() if line.startswith("r0002"))
