@@ -25,14 +25,22 @@ from _shapes import build_random_model, parameter_count, work_folder, write_samp
 
 HERE = Path(__file__).resolve().parent
 GPU_CASES = {  # shape, method, steps, rows, cases (TRL's best stock for 7B needs gradient checkpointing to fit well)
-    "qwen2.5-0.5b": ("full", 40, 6000, ["tuneloop", "tuneloop-gc", "tuneloop-nocompile", "tuneloop-trl", "trl", "trl-liger"]),
-    "qwen2.5-7b": ("lora", 16, 2500, ["tuneloop", "tuneloop-gc", "trl-liger-gc", "trl"]),
+    "qwen2.5-0.5b": ("full", 40, 6000, ["tuneloop+profile", "tuneloop+keep=0.5", "tuneloop+keep=0.25", "tuneloop+gc",
+                                        "tuneloop+liger_chunk_mib=0", "trl-liger", "tuneloop+keep=0.5+recompute=layers",
+                                        "tuneloop+mb=4+keep=0.25"]),
+    "qwen2.5-7b": ("lora", 16, 2500, ["tuneloop", "tuneloop+keep=0.6", "tuneloop+keep=0.5", "trl"]),
 }
+# A tuneloop case is `tuneloop` plus `+`-joined modifiers: `gc` (train.gradient_checkpointing), `nocompile`,
+# `trl` (--engine trl), `budget=G` (train.memory_budget_gib), `mb=N` (N packed bins per micro-step and step),
+# `profile` (torch.profiler over the last 3 steps, left out of tokens/s), and the engine's measurement knobs
+# (runtime.bench_knob: keep=S, recompute=layers|partitioner, loss=chunked, liger_chunk_mib=M, expandable=0).
+PROFILE_STEPS = 3
 
 
-def steady(metrics: list[dict], warmup: int, checkpoint_every: int | None) -> tuple[float, float]:
-    """(tokens/s, seconds/step) over the steps after `warmup`, leaving out steps that follow a checkpoint write."""
-    steps = [m for m in metrics if "loss" in m and "num_tokens" in m]
+def steady(metrics: list[dict], warmup: int, checkpoint_every: int | None, last: int | None = None) -> tuple[float, float]:
+    """(tokens/s, seconds/step) over the steps after `warmup` (up to `last`), leaving out steps that follow a
+    checkpoint write."""
+    steps = [m for m in metrics if "loss" in m and "num_tokens" in m and (last is None or m["step"] <= last)]
     tokens = seconds = 0.0
     for before, after in zip(steps, steps[1:]):
         if after["step"] <= warmup or (checkpoint_every and before["step"] % checkpoint_every == 0):
@@ -43,34 +51,51 @@ def steady(metrics: list[dict], warmup: int, checkpoint_every: int | None) -> tu
 
 
 def run_tuneloop(case: str, model: str, train: Path, work: Path, method: str, steps: int, max_length: int,
-                 warmup: int, project: Path | None = None, extra: dict | None = None) -> dict:
-    out = work / f"run-{case}"
-    engine = "trl" if "-trl" in case else "tuneloop"
+                 warmup: int, project: Path | None = None, extra: dict | None = None, out_dir: Path | None = None) -> dict:
+    out = work / f"run-{len(list(work.glob('run-*')))}"
+    parts = case.split("+")[1:]
+    engine = "trl" if "trl" in parts or case == "tuneloop-trl" else "tuneloop"
     command = [sys.executable, "-m", "tuneloop.cli.main", "train", "sft", "--train", str(train), "--out", str(out),
                "--model", model, "--method", method, "--max-steps", str(steps), "--quiet", "--no-resume",
                "--engine", engine]
-    if case.endswith("-gc"):
-        extra = {**(extra or {}), "gradient_checkpointing": True}
+    extra, knobs, profile = dict(extra or {}), [], None
+    batch = 1
+    for part in parts:
+        key, _, value = part.partition("=")
+        if key == "gc":
+            extra["gradient_checkpointing"] = True
+        elif key == "budget":
+            extra["memory_budget_gib"] = float(value)
+        elif key == "mb":
+            batch = int(value)
+        elif key == "nocompile":
+            command += ["--compile", "off"]
+        elif key == "profile":
+            profile = (out_dir or work) / f"profile-{len(list(work.glob('run-*')))}.txt"
+            knobs.append(f"profile={profile}")
+        elif key != "trl":
+            knobs.append(part)
     if project is not None:
         command += ["--project", str(project)]
     else:
-        config = work / f"{case}.yaml"
-        config.write_text(json.dumps({"train": {"max_length": max_length, "per_device_batch": 1, "effective_batch": 1,
-                                                "method": method, **(extra or {})}}))
+        config = work / f"{out.name}.yaml"
+        config.write_text(json.dumps({"train": {"max_length": max_length, "per_device_batch": batch,
+                                                "effective_batch": batch, "method": method, **extra}}))
         command += ["--config", str(config), "--max-length", str(max_length)]
-    if case.endswith("-nocompile"):
-        command += ["--compile", "off"]
-    print("$", " ".join(command), flush=True)
+    print("$", " ".join(command), "  # knobs:", ",".join(knobs), flush=True)
     started = time.monotonic()
-    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TUNELOOP_ENGINE_KNOBS": ",".join(knobs)})
     run = json.loads((out / "run.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((out / "config.json").read_text())
-    tokens_per_s, step_s = steady(metrics, warmup, config["derived"]["eval_steps"])
+    last = steps - PROFILE_STEPS if profile else None
+    tokens_per_s, step_s = steady(metrics, warmup, config["derived"]["eval_steps"], last)
     losses = [m["loss"] for m in metrics if "loss" in m]
+    described = run.get("engine") or {}
     return {"case": case, "tokens_per_s": round(tokens_per_s, 1), "step_s": round(step_s, 4),
-            "peak_gib": run["timings"].get("peak_gpu_memory_gib"), "losses": losses, "wall_s": round(time.monotonic() - started, 1),
-            "engine": run.get("engine"), "steps": run["steps"]}
+            "peak_gib": run["timings"].get("peak_gpu_memory_gib"), "allocated_gib": described.get("peak_allocated_gib"),
+            "recompute": described.get("recompute"), "losses": losses, "wall_s": round(time.monotonic() - started, 1),
+            "engine": described, "steps": run["steps"], "tokens_per_step": batch * max_length}
 
 
 def run_trl_stock(case: str, model: str, train: Path, work: Path, method: str, steps: int, max_length: int,
@@ -124,7 +149,8 @@ def gpu_table(args) -> int:
         for case in cases:
             if args.cases and case not in args.cases.split(","):
                 continue
-            result = run_case(case, str(model), train, work, method, steps, 8192, args.warmup)
+            more = {"out_dir": Path(args.out_dir)} if args.out_dir and case.startswith("tuneloop") else {}
+            result = run_case(case, str(model), train, work, method, steps, 8192, args.warmup, **more)
             result.update(shape=shape, method=method, params=total, matmul_params=matmul_n)
             if "error" not in result:
                 factor = 6 if method == "full" else 4
@@ -145,14 +171,18 @@ def gpu_table(args) -> int:
 
 def markdown(rows: list[dict], peak: float) -> str:
     lines = [f"measured bf16 matmul peak: {peak:.0f} TFLOP/s", "",
-             "| shape | case | tokens/s | MFU | peak GiB | minus weights GiB | loss first → last | note |", "|---|---|---|---|---|---|---|---|"]
+             "| shape | case | tokens/step | tokens/s | MFU | peak GiB | allocated GiB | minus weights GiB | recompute | "
+             "loss first → last | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['shape']} {r['method']} | {r['case']} | - | - | - | - | - | {r['error'][:120]} |")
+            lines.append(f"| {r['shape']} {r['method']} | {r['case']} | - | - | - | - | - | - | - | - | {r['error'][:120]} |")
             continue
         loss = f"{r['losses'][0]:.3f} → {r['losses'][-1]:.3f}" if r.get("losses") else "-"
-        lines.append(f"| {r['shape']} {r['method']} | {r['case']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | "
-                     f"{r['peak_gib']} | {r['minus_weights_gib']} | {loss} | |")
+        recompute = r.get("recompute") or {}
+        how = f"{recompute.get('how')} keep {recompute.get('keep')}" if recompute.get("how", "none") != "none" else "-"
+        lines.append(f"| {r['shape']} {r['method']} | {r['case']} | {r.get('tokens_per_step', 8192)} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['peak_gib']} | {r.get('allocated_gib', '-')} | "
+                     f"{r['minus_weights_gib']} | {how} | {loss} | |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,8 +205,9 @@ def cpu_compare(args) -> int:
     for case in args.engines.split(","):
         name = "tuneloop-trl" if case == "trl" else case
         result = run_case(name, model, train, work, args.method, args.steps, args.max_length, args.warmup, project=project)
+        result["load_after"] = [round(x, 2) for x in os.getloadavg()]
         results.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("losses", "engine")}), flush=True)
     good = [r for r in results if "error" not in r]
     if len(good) == 2:
         before, after = good
@@ -194,6 +225,7 @@ def main() -> None:
     parser.add_argument("--cases", default=None, help="only these cases of the GPU table (comma-separated)")
     parser.add_argument("--markdown", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--out-dir", default=None, help="where profile tables of `+profile` cases go")
     parser.add_argument("--model", help="model name/folder (default: a random model of --shape)")
     parser.add_argument("--demo", action="store_true", help="the json-extraction demo's data and train settings")
     parser.add_argument("--engines", default="trl,tuneloop", help="CPU comparison: before,after")

@@ -120,6 +120,8 @@ class TrainConfig(Section):
     oscillation_evals: int = Field(4, description="Evaluations of oscillating val loss before suggesting 5e-5.")
     seed: int = Field(42, description="Seed for data order and initialisation.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    memory_budget_gib: float | None = Field(None, gt=0, description="GPU memory (GiB) a tuneloop-engine run may use: "
+                                            "it recomputes activations (selective checkpointing) to stay under it.")
     engine: Literal["tuneloop", "trl"] = Field("tuneloop", description="tuneloop's own SFT step, or TRL's SFTTrainer "
                                                "(the reference; multi-GPU runs use TRL).")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the decoder layers "

@@ -192,18 +192,22 @@ def _build_engine(model_path: str, tokenizer: Any, config: TrainConfig, derived:
                   val: PreparedSplit | None, checkpoints: Path, cuda: bool, progress: bool, out: Path):
     from tuneloop.train.callbacks import MetricsFile, RichProgress
     from tuneloop.train.engine import SFTEngine, prepare_runtime
+    from tuneloop.train.engine.memory import choose_recompute
 
     model = load_base_model(model_path, config.method, cuda)
     model.config.use_cache = False
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # selective activation checkpointing: the share of activations kept, from the planner and train.memory_budget_gib
+    random_layers = config.method != "full" and config.lora_dropout > 0  # dropout masks: the partitioner cannot replay them
+    keep, why = choose_recompute(model.config, config.method, derived.per_device_batch * config.max_length,
+                                 config.memory_budget_gib, config.gradient_checkpointing, cuda,
+                                 compiled=cuda and config.compile != "off", random_layers=random_layers)
     if config.method != "full":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=derived.lora_rank, lora_alpha=derived.lora_alpha,
                                                  lora_dropout=config.lora_dropout, target_modules=derived.lora_targets,
                                                  task_type="CAUSAL_LM", bias="none"))
-    runtime = prepare_runtime(model, cuda, config.compile)
+    runtime = prepare_runtime(model, cuda, config.compile, keep=keep, random_layers=random_layers, reason=why)
     model.to(runtime.device)
     # a compiled step sees one shape: every micro-batch is padded to per_device_batch bins of max_length
     pad_to = derived.per_device_batch * config.max_length if runtime.compiled else None

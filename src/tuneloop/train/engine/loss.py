@@ -12,9 +12,14 @@ On a CUDA GPU with liger-kernel installed, its fused kernel does the same in Tri
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-LOGIT_BYTES_PER_CHUNK = {"cuda": 2**30, "cpu": 2**26}  # fp32 logits held at once: big chunks feed the GPU, small ones stay in CPU cache
+# logits held at once: big chunks feed the GPU, small ones stay in CPU cache; Liger's (bf16) chunks measured in
+# docs/benchmarks.md ("engine": Liger's own 32-row chunks against these)
+LOGIT_BYTES_PER_CHUNK = {"cuda": 2**30, "cpu": 2**26, "liger": 2**28}
+IGNORE = -100
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -57,13 +62,44 @@ def chunk_rows(vocab: int, device: torch.device) -> int:
     return max(64, LOGIT_BYTES_PER_CHUNK.get(device.type, 2**26) // (4 * vocab))
 
 
-def liger_loss():
-    """Liger's fused linear cross-entropy (sum, with token accuracy), or None where it is not installed."""
+class LigerHead:
+    """Liger's fused linear cross-entropy (summed, with token accuracy) with chunks of about `logit_bytes`.
+
+    Liger sizes its chunks so the transient logits stay about as large as the hidden states (rows ≈ n·d/V): for
+    a 152k vocabulary over a 896-wide model that is 32-row chunks, each re-reading the whole LM head. The chunk
+    budget here (its `chunk_mem_const`) keeps the transient bounded and the head read a few times per micro-step.
+    """
+
+    def __init__(self, logit_bytes: int):
+        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+
+        self.function, self.logit_bytes = LigerFusedLinearCrossEntropyFunction, logit_bytes
+
+    def __call__(self, weight, hidden, targets):
+        const = liger_chunk_const(hidden.shape[0], hidden.shape[1], weight.shape[0], self.logit_bytes)
+        loss, _, accuracy, _ = self.function.apply(hidden, weight, targets, None, None, IGNORE, 0.0, 0.0, "sum",
+                                                   None, False, None, False, True, False, None, None, const)
+        return loss, (accuracy * targets.shape[0]).round().long()
+
+
+def liger_chunk_const(rows: int, hidden: int, vocab: int, logit_bytes: int) -> int:
+    """Liger's `chunk_mem_const` for chunks of about `logit_bytes` of bf16 logits (at least 64 rows).
+
+    Liger cuts `rows` into chunks of next_pow2(ceil(rows / ceil(vocab / (const·hidden)))) rows; 0 bytes keeps
+    its own sizing (const 1).
+    """
+    if logit_bytes <= 0:
+        return 1
+    wanted = max(64, logit_bytes // (2 * vocab))
+    return max(1, math.ceil(vocab * wanted / (max(1, rows) * hidden)))
+
+
+def liger_loss(logit_bytes: int = LOGIT_BYTES_PER_CHUNK["liger"]):
+    """Liger's fused linear cross-entropy, or None where it is not installed."""
     try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        return LigerHead(logit_bytes)
     except ImportError:
         return None
-    return LigerFusedLinearCrossEntropyLoss(reduction="sum", return_token_accuracy=True)
 
 
 def answer_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, fused=None):
@@ -75,6 +111,5 @@ def answer_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.T
         loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
         return loss, (logits.detach().argmax(-1) == targets).sum()
     if fused is not None and hidden.is_cuda:
-        out = fused(weight, hidden, targets)
-        return out.loss, (out.token_accuracy * targets.shape[0]).round().long()
+        return fused(weight, hidden, targets)
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_rows(weight.shape[0], hidden.device))

@@ -5,13 +5,19 @@ Choices, each measured (docs/benchmarks.md, "Training"):
   `os.cpu_count()`), one inter-op thread, so OpenMP never runs more threads than cores.
 - CPU precision fp32: bf16 autocast was measured slower on CPUs without bf16 matrix units (see the benchmark).
 - GPU: bf16 weights and autocast; attention through `flex_attention` with a per-document BlockMask (blocks
-  across documents are skipped, not masked), each decoder layer compiled with `torch.compile` (switch: train.compile).
+  across documents are skipped, not masked), each decoder layer compiled with `torch.compile` (switch: train.compile);
+  the caching allocator grows segments in place (`expandable_segments`), so reserved memory stays near what is used.
+- Activation recompute (selective checkpointing), from the share of activations the memory planner keeps
+  (`engine.memory.choose_recompute`): compiled layers without random ops get torch's partitioner budget
+  (`activation_memory_budget`: it recomputes the cheapest ops first, element-wise before matrix products);
+  otherwise (eager, or LoRA dropout, whose masks the partitioner cannot replay) that share of the layers is
+  checkpointed whole, spread evenly over the depth.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +25,15 @@ import torch
 from tuneloop.train.engine.batches import MicroBatch
 
 CPU_AUTOCAST_BF16 = os.environ.get("TUNELOOP_CPU_BF16", "0") == "1"  # measurement knob for the benchmark only
+
+
+def bench_knob(name: str, default: str) -> str:
+    """A measurement knob of bench/train_throughput.py (TUNELOOP_ENGINE_KNOBS="loss=chunked,keep=0.5"), never a setting."""
+    for item in os.environ.get("TUNELOOP_ENGINE_KNOBS", "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == name:
+            return value.strip()
+    return default
 
 
 def usable_cores() -> int:
@@ -39,11 +54,25 @@ def set_cpu_threads() -> int:
 
 
 @dataclass
+class Recompute:
+    """What the backward pass recomputes instead of keeping: `keep` is the share of activations kept."""
+
+    keep: float = 1.0
+    how: str = "none"        # none | partitioner | layers
+    layers: int = 0          # layers checkpointed whole (how == layers)
+    reason: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"keep": round(self.keep, 3), "how": self.how, "layers": self.layers, "reason": self.reason}
+
+
+@dataclass
 class Runtime:
     device: torch.device
     flex: bool
     compiled: bool
     threads: int | None
+    recompute: Recompute = field(default_factory=Recompute)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -51,25 +80,80 @@ class Runtime:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=CPU_AUTOCAST_BF16)
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": "tuneloop", "device": self.device.type,
+        info = {"engine": "tuneloop", "device": self.device.type,
                 "attention": "flex_attention (document BlockMask)" if self.flex else "sdpa (position_ids restart)",
                 "compiled": self.compiled, "cpu_threads": self.threads,
-                "precision": "bf16" if self.device.type == "cuda" or CPU_AUTOCAST_BF16 else "fp32"}
+                "precision": "bf16" if self.device.type == "cuda" or CPU_AUTOCAST_BF16 else "fp32",
+                "recompute": self.recompute.describe()}
+        if self.device.type == "cuda":
+            info["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        return info
 
 
-def prepare_runtime(model: Any, cuda: bool, compile_mode: str) -> Runtime:
-    """Set attention and compilation on `model` (the decoder inside, when a PEFT wrapper holds it)."""
+def prepare_runtime(model: Any, cuda: bool, compile_mode: str, keep: float = 1.0, random_layers: bool = False,
+                    reason: str = "") -> Runtime:
+    """Set attention, compilation and activation recompute on `model` (the decoder inside a PEFT wrapper).
+
+    `keep` is the share of activations to keep (1: recompute nothing, 0: every layer checkpointed);
+    `random_layers` says the layers draw random numbers in training (LoRA dropout).
+    """
     if not cuda:
-        return Runtime(torch.device("cpu"), flex=False, compiled=False, threads=set_cpu_threads())
+        runtime = Runtime(torch.device("cpu"), flex=False, compiled=False, threads=set_cpu_threads())
+        runtime.recompute = apply_recompute(model, keep, compiled=False, random_layers=random_layers, reason=reason)
+        return runtime
+    if bench_knob("expandable", "1") == "1":
+        # one private entry point or the other, by torch version (the older one warns on newer torch)
+        settings = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+        settings("expandable_segments:True")
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     flex = _flex_available()
     if flex:
         model.set_attn_implementation("flex_attention")
     compiled = compile_mode == "on" or (compile_mode == "auto" and flex)
+    recompute = apply_recompute(model, keep, compiled, random_layers, reason)
     if compiled:
         for layer in decoder_of(model).layers:
             layer.compile(dynamic=False)
-    return Runtime(device, flex=flex, compiled=compiled, threads=None)
+    return Runtime(device, flex=flex, compiled=compiled, threads=None, recompute=recompute)
+
+
+def apply_recompute(model: Any, keep: float, compiled: bool, random_layers: bool, reason: str = "") -> Recompute:
+    """Selective activation checkpointing for the kept share `keep` (see the module docstring)."""
+    keep = min(1.0, max(0.0, keep))
+    partitioner = recompute_path(compiled, random_layers) == "partitioner"
+    if compiled:
+        import torch._functorch.config as functorch_config
+
+        # a process-wide setting, read when each compiled layer's backward is partitioned (its first call):
+        # every layer gets the budget; set on every compiled run so an earlier run's value never lingers
+        functorch_config.activation_memory_budget = keep if partitioner else 1.0
+    if keep >= 1.0:
+        return Recompute(reason=reason)
+    if partitioner:
+        return Recompute(keep, "partitioner", reason=reason)
+    layers = decoder_of(model).layers
+    count = round((1.0 - keep) * len(layers))
+    if count == 0:
+        return Recompute(reason=reason)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    chosen = spread(len(layers), count)
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index in chosen
+    return Recompute(1.0 - count / len(layers), "layers", count, reason)
+
+
+def recompute_path(compiled: bool, random_layers: bool) -> str:
+    """`partitioner` where compiled layers draw no random numbers, else `layers` (bench knob recompute= forces one)."""
+    forced = bench_knob("recompute", "")
+    if forced in ("partitioner", "layers"):
+        return forced if compiled or forced == "layers" else "layers"
+    return "partitioner" if compiled and not random_layers else "layers"
+
+
+def spread(total: int, count: int) -> set[int]:
+    """`count` of `total` layer indices, evenly spaced over the depth (spread(8, 2) == {3, 7})."""
+    return {i for i in range(total) if (i + 1) * count // total > i * count // total}
 
 
 def _flex_available() -> bool:

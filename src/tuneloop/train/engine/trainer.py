@@ -28,8 +28,8 @@ import torch
 
 from tuneloop.files import atomic_dir
 from tuneloop.train.engine.batches import collate, optimizer_steps, steps_per_epoch
-from tuneloop.train.engine.loss import answer_loss, liger_loss
-from tuneloop.train.engine.runtime import Runtime, hidden_states, lm_head_of
+from tuneloop.train.engine.loss import LOGIT_BYTES_PER_CHUNK, answer_loss, liger_loss
+from tuneloop.train.engine.runtime import Runtime, bench_knob, hidden_states, lm_head_of
 
 MAX_GRAD_NORM = 1.0
 KEEP_CHECKPOINTS = 2
@@ -72,7 +72,9 @@ class SFTEngine:
                                            weight_decay=0.0, **fused)
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup_steps, max_steps)
         self.lm_head = lm_head_of(model)
-        self.fused_loss = liger_loss() if runtime.device.type == "cuda" else None
+        self.fused_loss = None
+        if runtime.device.type == "cuda" and bench_knob("loss", "liger") == "liger":
+            self.fused_loss = liger_loss(int(bench_knob("liger_chunk_mib", str(LOGIT_BYTES_PER_CHUNK["liger"] >> 20))) << 20)
         self.epoch_steps = steps_per_epoch(len(train_bins), per_device_batch, gradient_accumulation)
 
     # -- the Trainer-shaped surface -------------------------------------------------------------------------
@@ -87,16 +89,20 @@ class SFTEngine:
         steps = optimizer_steps(len(self.train_bins), self.per_device, self.accumulation, self.seed,
                                 start_epoch=self.state.global_step // self.epoch_steps,
                                 skip_steps=self.state.global_step % self.epoch_steps)
+        profile = _Profile(self.state.max_steps)
         while self.state.global_step < self.state.max_steps:
             epoch, micro = next(steps)
+            profile.before(self.state.global_step)
             log = self._step([[self.train_bins[i] for i in m] for m in micro])
             self.state.global_step += 1
+            profile.after(self.state.global_step)
             self.state.epoch = round(self.state.global_step / self.epoch_steps, 4)
             self._log({**log, "epoch": self.state.epoch})
             self._emit("on_step_end")
             if self.state.global_step % self.eval_steps == 0:  # evaluate and save together, as the Trainer does
                 if self._evaluate_and_save():
                     break
+        profile.close()
         if self.state.best_model_checkpoint:
             self._load_weights(Path(self.state.best_model_checkpoint))  # what load_best_model_at_end does
         self._emit("on_train_end")
@@ -215,6 +221,37 @@ class SFTEngine:
     def _emit(self, event: str, **kwargs: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, event)(None, self.state, None, **kwargs)
+
+
+class _Profile:
+    """Benchmark knob `profile=PATH`: torch.profiler over the last PROFILE_STEPS steps, its kernel table to PATH."""
+
+    STEPS = 3
+
+    def __init__(self, max_steps: int):
+        self.path, self.start, self.profiler = bench_knob("profile", ""), max(0, max_steps - self.STEPS), None
+
+    def before(self, step: int) -> None:
+        if self.path and step == self.start and self.profiler is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+
+    def after(self, step: int) -> None:
+        if step >= self.start + self.STEPS:
+            self.close()  # before the checkpoint write that may follow the last step
+
+    def close(self) -> None:
+        if self.profiler is None:
+            return
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        self.profiler.__exit__(None, None, None)
+        sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        table = self.profiler.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=70)
+        Path(self.path).write_text(f"last {self.STEPS} steps\n{table}\n")
+        self.profiler, self.path = None, ""
 
 
 def _rng_state() -> dict[str, Any]:
