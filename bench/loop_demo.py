@@ -73,7 +73,7 @@ def prepare(project: Path, model: str, size: int, quick: bool, holdout: float) -
     elif model != "default":
         config["model"] = model
     (project / "tuneloop.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-    from tuneloop.loop_traffic import current_model
+    from tuneloop.loop_rounds import current_model
     from tuneloop.project import Project
 
     if current_model(Project.load(project)) == Project.load(project).config.model:
@@ -105,7 +105,7 @@ def send(project: Path, rows: list[Any]) -> dict[str, Any]:
     """Step 2b: ask the current model on the embedded server; negative feedback where its fields are wrong."""
     from tuneloop.answers import parse_json
     from tuneloop.llm_client import Endpoint
-    from tuneloop.loop_traffic import current_model
+    from tuneloop.loop_rounds import current_model
     from tuneloop.project import Project
     from tuneloop.records import to_messages
     from tuneloop.serve.server import serve_in_background

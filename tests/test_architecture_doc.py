@@ -17,7 +17,8 @@ LAYERS = [
     {"train", "eval", "decoding"},
     {"export", "serve"},
     {"traces", "annotate", "examples"},
-    {"loop", "loop_stage", "loop_summary", "loop_traffic", "loop_canary", "loop_rounds"},
+    {"loop", "loop_stage", "loop_summary", "loop_traffic", "loop_intake", "loop_canary",
+     "loop_rounds"},
     {"cli", "doctor"},
 ]
 ALLOWED_UPWARD = {("serve", "traces")}  # serve writes every call through traces.store, by design

@@ -13,7 +13,9 @@ from tuneloop.data.gate.round import run_gate
 from tuneloop.data.io.formats import load_samples, write_samples
 from tuneloop.files import write_json
 from tuneloop.loop_stage import LoopError
-from tuneloop.loop_traffic import CycleOptions, STAGE_NAMES, current_model, split_traffic, stages_for
+from tuneloop.loop_intake import split_traffic
+from tuneloop.loop_rounds import current_model
+from tuneloop.loop_traffic import CycleOptions, STAGE_NAMES, stages_for
 from tuneloop.project import DataConfig, Project, ProjectConfig, SourceConfig
 from tuneloop.records import Lineage, Meta, Sample
 
@@ -262,11 +264,11 @@ def traffic_project(root: Path, broken: int = 8) -> Project:
 def run_traffic_stages(project: Project, **options):
     from tuneloop.loop import Round
     from tuneloop.loop_stage import run_stages
-    from tuneloop.loop_traffic import CYCLE_STAGES
+    from tuneloop.loop_intake import INTAKE_STAGES
 
     said: list[str] = []
     round_ = Round(project, CycleOptions(**options), said.append)
-    stages = [s for s in CYCLE_STAGES[:5] if s.name != "cluster"]  # clustering embeds (torch): its own tests
+    stages = [s for s in INTAKE_STAGES if s.name != "cluster"]  # clustering embeds (torch): its own tests
     run_stages(stages, round_, said.append)
     return round_, said
 
@@ -338,12 +340,12 @@ def test_a_rejected_label_stops_the_cycle_naming_the_file_and_line(tmp_path):
 def test_a_cycle_on_a_project_without_traffic_stops_saying_where_traffic_comes_from(tmp_path):
     from tuneloop.loop import Round
     from tuneloop.loop_stage import RoundRefused, run_stages
-    from tuneloop.loop_traffic import CYCLE_STAGES
+    from tuneloop.loop_intake import INTAKE_STAGES
 
     project = Project(tmp_path, ProjectConfig(model="base-model"))
     round_ = Round(project, CycleOptions(), lambda _: None)
     with pytest.raises(RoundRefused) as refused:
-        run_stages(CYCLE_STAGES[:5], round_, lambda _: None)  # no failures: the clustering has nothing to embed
+        run_stages(INTAKE_STAGES, round_, lambda _: None)  # no failures: the clustering has nothing to embed
     assert refused.value.reasons == ["no failures in the traffic and no relabeled rows yet"]
     assert "tuneloop serve --model base-model" in refused.value.advice and "loop.traces" in refused.value.advice
 

@@ -23,6 +23,24 @@ from tuneloop.records import Sample
 SPLITS = ("train", "val", "test")
 
 
+def current_model(project: Project, before: Path | None = None) -> str:
+    """The merged export of the latest passed round older than `before` (its loop summary), else `model`."""
+    for round_dir in reversed(project.rounds()):
+        if before is not None and round_dir.name >= Path(before).name:
+            continue
+        summary_file = project.root / "loop" / round_dir.name / "summary.json"
+        if not summary_file.exists():
+            continue
+        summary = read_json(summary_file)
+        if summary.get("outcome", {}).get("status") != "passed":
+            continue
+        merged = next((s for s in summary.get("stages", []) if s.get("name") == "merge"), {})
+        export_dir = merged.get("export_dir")
+        if export_dir and Path(export_dir).is_dir():
+            return str(export_dir)
+    return project.config.model
+
+
 def source_kind(sample: Sample) -> str:
     """Where a row came from, in a word: traffic, synth, eval (a bad-case variant), augmented, or its file's stem
     (seed for data/raw/seed.jsonl)."""
