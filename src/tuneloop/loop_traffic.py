@@ -52,7 +52,7 @@ class CycleOptions(LoopOptions):
 
 
 # -- the stages after training ---------------------------------------------------------------------------------------
-def _traffic_dir(round_: Round, suffix: str) -> Path:
+def _traffic_eval_dir(round_: Round, suffix: str) -> Path:
     return round_.project.evals_dir / f"{round_.round_dir.name}-traffic-{suffix}"
 
 
@@ -67,7 +67,7 @@ def eval_traffic(round_: Round) -> dict[str, Any]:
     if not n:
         return {"n": 0, "note": "no relabeled traffic is held out yet (too few groups for loop.holdout)"}
     gate = round_.config.eval.gate
-    current, candidate, compare_dir = (_traffic_dir(round_, k) for k in ("current", "candidate", "compare"))
+    current, candidate, compare_dir = (_traffic_eval_dir(round_, k) for k in ("current", "candidate", "compare"))
     run_eval(round_.model, holdout, current, round_.schema, round_.eval_settings, default_system=round_.system)
     run_eval(str(round_.adapter_dir), holdout, candidate, round_.schema, round_.eval_settings,
              default_system=round_.system)
@@ -110,13 +110,20 @@ def _eval_traffic_done(outputs: dict[str, Any]) -> str:
 
 def canary_start(round_: Round) -> dict[str, Any]:
     """`tuneloop serve --stable <current> --canary <new export>` detached on a free loopback port."""
-    from tuneloop.loop_canary import start_canary
+    from tuneloop.loop_canary import running_canaries, stop_canary, start_canary
 
     project = round_.project
+    here = project.root / "loop" / round_.round_dir.name / "canary.json"
+    replaced = []
+    for earlier in running_canaries(project.root / "loop"):  # one canary per project: the newest round's
+        if earlier != here:
+            replaced.append(stop_canary(earlier)["url"])
+            round_.say(f"[canary start] stopped the canary of {earlier.parent.name} ({replaced[-1]})")
     state = start_canary(round_.model, str(round_.export_dir), round_.config.loop.canary_weight,
                          project.root / "loop" / round_.round_dir.name, project.root, project.traces_db)
     return {"canary_file": str(project.root / "loop" / round_.round_dir.name / "canary.json"), "url": state["url"],
-            "pid": state["pid"], "stable": state["stable"], "canary": state["canary"], "weight": state["weight"]}
+            "pid": state["pid"], "stable": state["stable"], "canary": state["canary"], "weight": state["weight"],
+            "replaced": replaced}
 
 
 def _canary_done(outputs: dict[str, Any]) -> str:
