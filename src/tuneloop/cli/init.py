@@ -15,7 +15,7 @@ from tuneloop.cli.common import UserError, console, friendly_errors
 @friendly_errors
 def init(
     directory: Path = typer.Argument(..., help="Folder to create the project in."),
-    example: str = typer.Option("json-extraction", "--example", help="Example project to write."),
+    example: str = typer.Option("json-extraction", "--example", help="Example project to write: json-extraction or tool-calling."),
     size: int = typer.Option(600, "--size", min=16, help="Rows in the seed file, clone variants included."),
     seed: int = typer.Option(0, "--seed", help="Seed of generation; the same seed gives the same files."),
     force: bool = typer.Option(False, "--force", help="Write over an existing project in the folder."),

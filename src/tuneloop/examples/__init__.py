@@ -6,7 +6,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-EXAMPLES = {"json-extraction": "tuneloop.examples.json_extraction.demo"}
+EXAMPLES = {"json-extraction": "tuneloop.examples.json_extraction.demo",
+            "tool-calling": "tuneloop.examples.tool_calling.demo"}
 
 
 class UnknownExample(ValueError):
