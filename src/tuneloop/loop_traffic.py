@@ -194,7 +194,46 @@ def run_cycle(project: Project, options: CycleOptions | None = None, say: Any = 
     stages = stages_for(options)
     if options.only is not None:
         options = replace(options, skip=frozenset(), force=False)
-    return run_round(project, options, say=say, stages=stages)
+    latest = project.latest_round()
+    before = _summary_of(project, latest)
+    summary = run_round(project, options, say=say, stages=stages)
+    partial = options.only is not None or bool(options.left_out() & set(STAGE_NAMES))
+    if partial and before and before.get("round") == summary["round"]:
+        summary = _keep_what_was_left_out(project, before, summary)
+    return summary
+
+
+def _summary_of(project: Project, round_dir: Path | None) -> dict[str, Any] | None:
+    from tuneloop.files import read_json
+
+    path = project.root / "loop" / round_dir.name / "summary.json" if round_dir else None
+    return read_json(path) if path and path.exists() else None
+
+
+def _keep_what_was_left_out(project: Project, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """A passed run that left stages out (`--only`, `--skip`) keeps what the round's earlier run recorded of them:
+    the page (and the choice of the next cycle's current model) still sees the round's merge, canary and reports."""
+    from tuneloop.files import write_json, write_text
+    from tuneloop.loop_summary import summary_html
+
+    ran = {s["name"] for s in after["stages"]}
+    earlier = {s["name"]: {**s, "earlier_run": True} for s in before.get("stages", []) if s["name"] not in ran}
+    merged = dict(after)
+    merged["stages"] = [next((s for s in after["stages"] if s["name"] == name), None) or earlier.get(name)
+                        for name in STAGE_NAMES if name in ran or name in earlier]
+    for key in ("merge", "serve"):
+        merged[key] = after.get(key) or before.get(key, {})
+    if not after.get("verdict"):  # the comparison was left out: its verdict and gate are the earlier run's
+        for key in ("verdict", "improved", "eval_gate"):
+            merged[key] = before.get(key, after.get(key))
+    if all(v["before"] is None and v["after"] is None for v in after.get("headline", {}).values()):
+        merged["headline"] = before.get("headline", after.get("headline"))
+    merged["traffic"] = {**(before.get("traffic") or {}), **(after.get("traffic") or {})}
+    merged["reports"] = {**before.get("reports", {}), **after.get("reports", {})}
+    folder = project.root / "loop" / after["round"]
+    write_json(folder / "summary.json", merged)
+    write_text(folder / "summary.html", summary_html(merged))
+    return merged
 
 
 __all__ = ["CYCLE_STAGES", "CycleOptions", "STAGE_NAMES", "failing_slice", "run_cycle", "stages_for"]
