@@ -353,3 +353,36 @@ def score(completions: Sequence[Any], weights: Mapping[str, float], **columns: A
             if value is not None:
                 result["total"] = round(result["total"] + weight * value, 6)
     return results
+
+
+def tool_call(completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """Function calling: where a call is expected, a third each for the right function, schema-valid arguments and
+    arguments that agree with the reference (eval's AST match); where none is expected, 1.0 for answering without
+    a call and -1.0 for calling. None for a row without `tools`. Columns: `tools`, `output`, `answer_kind`
+    (or `turn_roles`), as the samples hold them.
+
+    >>> tools = ['[{"name": "f", "parameters": {"type": "object", "properties": {"n": {"type": "number"}}}}]'] * 3
+    >>> tool_call(['{"name": "f", "arguments": {"n": 5.0}}', '{"name": "f", "arguments": {"n": "x"}}', 'no'],
+    ...           tools=tools, output=['{"name": "f", "arguments": {"n": 5}}'] * 3, answer_kind=["tool_calls"] * 3)
+    [1.0, 0.333333, 0.0]
+    """
+    from tuneloop.eval.tool_metrics import tool_scores
+    from tuneloop.records import Sample
+
+    values: list[float | None] = []
+    for index, completion in enumerate(completions):
+        row = {name: _column(columns, name, index) for name in ("tools", "output", "answer_kind", "turn_roles")}
+        if row["tools"] in (None, ""):
+            values.append(None)
+            continue
+        sample = Sample(instruction="-", **{k: v for k, v in row.items() if v is not None})
+        scores = tool_scores(sample, completion_text(completion))
+        if scores.get("tool_call_made") is None:
+            values.append(1.0 if scores.get("tool_abstained") else -1.0)
+            continue
+        parts = (scores["tool_name_ok"], bool(scores.get("tool_call_valid")), scores["tool_args_ast"])
+        values.append(round(sum(parts) / 3, 6))
+    return values
+
+
+REWARDS[tool_call.__name__] = tool_call  # usable by name in align.rewards (best-of-N, DPO candidates, GRPO)
