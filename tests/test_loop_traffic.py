@@ -361,3 +361,29 @@ def test_the_cli_names_the_stages_when_one_is_misspelt(tmp_path):
     assert "no stage named 'clustr'" in result.output and "eval traffic" in result.output
     result = CliRunner().invoke(app, ["loop", "--project", str(tmp_path), "--skip", "train"])
     assert result.exit_code == 2 and "cannot be left out" in result.output, result.output
+
+
+def test_a_run_that_left_stages_out_keeps_the_rounds_earlier_record_of_them(tmp_path):
+    from tuneloop.loop_traffic import _keep_what_was_left_out
+
+    project = Project(tmp_path, ProjectConfig(model="base-model"))
+    fake_round(project, "r0001", "passed")
+    before = json.loads((project.root / "loop" / "r0001" / "summary.json").read_text())
+    before.update(round="r0001", project=str(project.root), merge={"identical": True}, serve={},
+                  verdict={"verdict": "improved", "alpha": 0.05, "mode": "unconstrained", "metrics": {}},
+                  improved=True, eval_gate={"passed": True, "reasons": []}, reports={"export": "x"}, traffic={},
+                  headline={"field_accuracy": {"before": 0.5, "after": 0.7}})
+    after = {"round": "r0001", "project": str(project.root), "outcome": {"status": "passed", "reasons": []},
+             "stages": [{"name": "gate", "status": "skipped", "seconds": 0},
+                        {"name": "eval traffic", "status": "done", "seconds": 3}],
+             "merge": {}, "serve": {}, "verdict": None, "improved": False, "eval_gate": {"passed": None, "reasons": []},
+             "headline": {"field_accuracy": {"before": None, "after": None}}, "reports": {"traffic eval": "y"},
+             "traffic": {"eval traffic": {"n": 0}}}
+    merged = _keep_what_was_left_out(project, before, after)
+    assert [(s["name"], s["status"], s.get("earlier_run", False)) for s in merged["stages"]] == [
+        ("gate", "skipped", False), ("eval traffic", "done", False), ("merge", "done", True)]
+    assert merged["verdict"]["verdict"] == "improved" and merged["eval_gate"]["passed"] is True
+    assert merged["merge"] == {"identical": True} and merged["reports"] == {"export": "x", "traffic eval": "y"}
+    assert merged["headline"]["field_accuracy"]["after"] == 0.7
+    assert current_model(project) == str(project.exports_dir / "task-r0001")
+    assert json.loads((project.root / "loop" / "r0001" / "summary.json").read_text()) == merged
