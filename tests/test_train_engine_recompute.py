@@ -110,3 +110,22 @@ def test_liger_chunks_hold_about_the_logit_budget():
         assert budget // (2 * vocab) <= chunk and chunk * vocab * 2 <= 4 * budget
     assert liger_chunk_const(rows, hidden, vocab, 0) == 1  # Liger's own sizing: 32-row chunks here
     assert 2 ** math.ceil(math.log2(math.ceil(rows / math.ceil(vocab / hidden)))) == 32
+
+
+def test_train_sft_wires_the_budget_through_to_the_run_record(tiny_model_dir, tmp_path):
+    """A budget below what the planner gives the run checkpoints layers, and run.json says so and why."""
+    from tuneloop.data.io.formats import write_samples
+    from tuneloop.project import TrainConfig
+    from tuneloop.train.sft import train_sft
+    from tests.test_train_engine import samples
+
+    train = write_samples(tmp_path / "train.jsonl", samples(16, 2))
+    settings = dict(method="lora", max_length=128, per_device_batch=1, effective_batch=4, max_steps=2, eval_steps=100)
+    tight = train_sft(train, None, tmp_path / "tight", str(tiny_model_dir),
+                      TrainConfig(**settings, memory_budget_gib=1e-6), progress=False)
+    recompute = tight.run["engine"]["recompute"]
+    assert recompute["how"] == "layers" and recompute["keep"] == 0.0 and "over the budget" in recompute["reason"]
+    plain = train_sft(train, None, tmp_path / "plain", str(tiny_model_dir), TrainConfig(**settings), progress=False)
+    assert plain.run["engine"]["recompute"]["how"] == "none"
+    assert [m["loss"] for m in tight.metrics if "loss" in m] == pytest.approx(
+        [m["loss"] for m in plain.metrics if "loss" in m], rel=1e-6)
