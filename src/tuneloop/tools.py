@@ -68,13 +68,18 @@ def parse_calls(text: str | Any) -> list[dict[str, Any]] | None:
     return calls if calls and all(c is not None for c in calls) else None  # type: ignore[return-value]
 
 
-def _plain(value: Any) -> Any:
+def integral_as_int(value: Any) -> Any:
+    """A parsed JSON value with integral floats as ints (1.0 and 1 are one answer); the gate's JSON answer key too.
+
+    >>> integral_as_int({"a": [1.0, 2.5]})
+    {'a': [1, 2.5]}
+    """
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: integral_as_int(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [integral_as_int(item) for item in value]
     return value
 
 
@@ -84,7 +89,7 @@ def canonical_calls(calls: Sequence[Mapping[str, Any]]) -> str:
     >>> canonical_calls([{"name": "f", "arguments": {"b": 1.0, "a": "x"}}])
     '[{"arguments":{"a":"x","b":1},"name":"f"}]'
     """
-    return json.dumps([_plain({"name": c["name"], "arguments": c.get("arguments", {})}) for c in calls],
+    return json.dumps([integral_as_int({"name": c["name"], "arguments": c.get("arguments", {})}) for c in calls],
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from tuneloop.data.gate.text import NgramTable, bulk_work, jaccard, ngram_set, ngram_table, normalize_many
 from tuneloop.project import DedupConfig
 from tuneloop.records import QuarantinedRow, Sample
-from tuneloop.tools import canonical_calls, sample_calls
+from tuneloop.tools import canonical_calls, integral_as_int, sample_calls
 
 MAX_BUCKET_PAIRS = 64  # a row is paired with at most this many bucket neighbours (bounds huge template buckets)
 
@@ -42,17 +42,6 @@ MAX_BUCKET_PAIRS = 64  # a row is paired with at most this many bucket neighbour
 def normalized_fields(samples: Sequence[Sample]) -> tuple[list[str], list[str]]:
     """Normalized prompt side and answer side of every sample."""
     return normalize_many([s.prompt_key_text for s in samples]), normalize_many([s.output for s in samples])
-
-
-def _canonical(value: Any) -> Any:
-    """A parsed JSON value with integral floats as ints (1.0 and 1 are one answer)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _canonical(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_canonical(item) for item in value]
-    return value
 
 
 def answer_keys(samples: Sequence[Sample], outputs: list[str] | None = None) -> list[str]:
@@ -76,7 +65,7 @@ def answer_keys(samples: Sequence[Sample], outputs: list[str] | None = None) -> 
             except ValueError:
                 continue  # not JSON after all: compared as text
             where.append(index)
-            texts.append(json.dumps(_canonical(value), sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+            texts.append(json.dumps(integral_as_int(value), sort_keys=True, ensure_ascii=False, separators=(",", ":")))
     for index, key in zip(where, normalize_many(texts)):
         keys[index] = key
     return keys
