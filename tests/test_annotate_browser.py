@@ -79,8 +79,11 @@ def open_page(browser, url: str, token: str, dialogs: list[str]):
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
+    # the page keeps to its own Content-Security-Policy: a refused script, style or request shows up here
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(f"{url}/#token={token}")
     page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    page.errors = errors
     assert errors == [], errors
     assert "token=" not in page.url  # the token leaves the address bar
     return page
@@ -146,7 +149,7 @@ def test_label_with_the_keyboard_fix_what_the_rules_say_review_and_export(served
     row = json.loads(reviewer.inner_text("#export-text").splitlines()[0])
     assert (row["output"], row["meta"]["annotator"], row["meta"]["reviewer"]) == (raw, "ann", "rev")
     assert [s.output for s in RelabelQueue(store).accepted_samples()] == [raw]  # what `tuneloop loop` reads
-    assert dialogs == []
+    assert dialogs == [] and page.errors == [] and reviewer.errors == []
 
 
 PAYLOADS = ['<script>window.__xss="script"; alert(1)</script>',
@@ -238,6 +241,8 @@ def test_nested_objects_and_arrays_edit_field_by_field_in_sync_with_the_raw_json
     project.path("schemas/ticket.json").write_text(json.dumps(NESTED))
     project.config.annotate.rules = [LabelRule(field="items[].sku", pattern=r"SKU-\d{4}", message="SKUs look like SKU-1234")]
     project.path("tuneloop.yaml").write_text(dump_config(project.config))
+    odd = traffic_sample(0).model_copy(update={"meta": Meta(source="traffic", difficulty="expert")})
+    store.query("UPDATE relabel_queue SET sample=? WHERE id='fail-0'", (odd.model_dump_json(),))
     dialogs: list[str] = []
     with ServerThread(create_app(project, store, USERS, tokenizer=tokenizer)) as url:
         page = open_page(browser, url, ANN, dialogs)
@@ -268,5 +273,6 @@ def test_nested_objects_and_arrays_edit_field_by_field_in_sync_with_the_raw_json
         page.wait_for_selector("#editor .state-Submitted")
         saved = RelabelQueue(store).get("fail-0")
         assert json.loads(saved.label.output) == raw and saved.labeled().input.startswith("Two kettles")
+        assert saved.labeled().meta.difficulty == "expert"  # a value outside the picker's list is kept, not blanked
     store.close()
     assert dialogs == []

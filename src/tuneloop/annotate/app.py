@@ -122,6 +122,10 @@ def create_app(project: Project, store: Any, users: dict[str, User], tokenizer: 
     def index() -> FileResponse:
         return FileResponse(files["index.html"], media_type=CONTENT_TYPES[".html"])
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)  # browsers ask for it; the page has no icon
+
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> FileResponse:
         path = files.get(name)

@@ -99,6 +99,7 @@ function textRow(label, path, value, rows = 2) {
 
 function selectRow(label, path, choices, value) {
   const select = el("select", { "aria-label": label, dataset: { path } });
+  if (value && !choices.includes(value)) choices = [...choices, value];  // a value of the data's own is kept as it is
   for (const choice of choices) select.append(el("option", { value: choice, text: choice || "(none)", selected: choice === (value || "") }));
   select.addEventListener("change", changed);
   return el("div", { class: "row", dataset: { path } }, el("label", { text: label }), select);
@@ -158,7 +159,7 @@ function showItem(item) {
                 el("div", { class: "card" }, el("h3", { text: "Rule checks" }), el("ul", { id: "problems" })));
   if (session.role === "reviewer") editor.append(reviewCard(item));
   else editor.append(actionBar(item));
-  editor.querySelectorAll("textarea, input, select").forEach((node) => {
+  editor.querySelectorAll("textarea, input, select, .answer-editor button, .model-answer button").forEach((node) => {
     if (!annotator && !node.closest(".review")) node.disabled = true;
   });
   runCheck();
