@@ -98,3 +98,5 @@ def test_before_after_compares_tool_metrics_with_mcnemar_and_per_tool_slices(tmp
         assert metrics[name]["p_value"] == pytest.approx(2 / 2 ** 20)
     tools = {r["value"]: r for r in comparison["modes"]["unconstrained"]["slices"]["tool"]}
     assert tools["book_flight"]["n"] == 12 and tools["get_weather"]["delta"] == pytest.approx(1.0)
+    verdict = comparison["modes"]["unconstrained"]["verdict"]
+    assert verdict["verdict"] == "improved" and {"tool_name_ok", "tool_args_ast"} <= set(verdict["metrics"])

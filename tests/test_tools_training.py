@@ -102,3 +102,16 @@ def test_a_sample_without_tools_renders_as_before(tokenizer):
     assert messages.tools is None and all(set(m) == {"role", "content"} for m in messages)
     direct = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     assert prompt_text(tokenizer, plain, "Be brief.") == direct and "You can call" not in direct
+
+
+@pytest.mark.parametrize("template", [None, TOOL_TEMPLATE])
+def test_a_client_sending_the_samples_messages_and_tools_gets_the_trained_prompt(tokenizer, template):
+    from tuneloop.serve.requests import chat_messages
+
+    if template:
+        tokenizer.chat_template = template
+    for sample in (CALL, MULTI):
+        request = to_messages(sample, with_answer=False)  # what a client sends: messages + tools
+        served = prompt_ids(tokenizer, chat_messages(json.loads(json.dumps(request))), tools=request.tools)
+        assert served == encode_sample(tokenizer, sample, 512)[0].input_ids[: len(served)]
+        assert served == prompt_ids(tokenizer, sample)

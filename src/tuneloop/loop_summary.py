@@ -13,7 +13,8 @@ from tuneloop import html
 from tuneloop.files import read_json
 from tuneloop.project import Project
 
-HEADLINE_METRICS = ("json_valid", "schema_valid", "field_accuracy", "exact_match", "refusal_ok")
+HEADLINE_METRICS = ("json_valid", "schema_valid", "field_accuracy", "exact_match", "refusal_ok",
+                    "tool_name_ok", "tool_args_ast")  # tool rows only where the test set expects calls
 
 
 def summarize(project: Project, outcome: dict[str, Any], stages: list[Any], round_dir: Path,

@@ -14,6 +14,8 @@ keeps the padding in a batch small.
 
 from __future__ import annotations
 
+import json
+
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -212,10 +214,22 @@ class EndpointBackend:
                                   "temperature": self.temperature, "seed": self.seed}
         if response_format is not None:
             kwargs["response_format"] = response_format
+        tools = getattr(messages, "tools", None)  # a sample's Chat offers its functions to the endpoint too
+        if tools:
+            from tuneloop.tools import openai_tools
+
+            kwargs["tools"], kwargs["messages"] = openai_tools(tools), list(messages)
         response = self.endpoint.create(**kwargs)
         choice, usage = response.choices[0], response.usage
+        text = choice.message.content or ""
+        if getattr(choice.message, "tool_calls", None):  # scored as the json_block text of the calls
+            from tuneloop.tools import call_text, parse_calls
+
+            wire = [c.function.model_dump() for c in choice.message.tool_calls]
+            parsed = parse_calls(wire)
+            text = call_text(parsed) if parsed else json.dumps(wire, ensure_ascii=False)  # unreadable: scored as such
         return Generation(
-            text=choice.message.content or "", finish_reason=choice.finish_reason,
+            text=text, finish_reason=choice.finish_reason,
             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
             latency_ms=(time.perf_counter() - started) * 1000,
         )

@@ -128,6 +128,7 @@ VERDICTS = ("improved", "no significant change", "worse")
 # what "better" means for a round: schema-valid answers and right fields; exact match where there is no structure
 VERDICT_METRICS = ("schema_valid", "field_accuracy")
 FALLBACK_VERDICT_METRICS = ("exact_match",)
+TOOL_VERDICT_METRICS = ("tool_name_ok", "tool_args_ast")  # where the test set has calls: the right call, by AST
 
 
 def metric_verdict(stats: dict[str, Any], alpha: float) -> str:
@@ -151,7 +152,8 @@ def round_verdict(comparison: dict[str, Any], mode: str = "unconstrained", alpha
     improved               at least one significantly better, none significantly worse
     no significant change  otherwise: the difference is within what chance gives on this many samples
     ```
-    The verdict metrics are schema_valid and field_accuracy, or exact_match where those were not measured.
+    The verdict metrics are schema_valid and field_accuracy, or exact_match where those were not measured; and
+    tool_name_ok and tool_args_ast where the test set expects calls.
     """
     drawn_at = comparison.get("alpha", 0.05)
     alpha = drawn_at if alpha is None else alpha
@@ -160,6 +162,7 @@ def round_verdict(comparison: dict[str, Any], mode: str = "unconstrained", alpha
         raise EvalError(f"the comparison has no {mode} mode to judge; evaluate both runs in that mode.")
     metrics = mode_data.get("metrics", {})
     names = [m for m in VERDICT_METRICS if m in metrics] or [m for m in FALLBACK_VERDICT_METRICS if m in metrics]
+    names += [m for m in TOOL_VERDICT_METRICS if m in metrics]
     if alpha != drawn_at and any("p_value" not in metrics[m] for m in names):  # a bootstrap CI is drawn at one alpha
         raise EvalError(f"the comparison was drawn at alpha {drawn_at}, not {alpha}; compare again with "
                         f"`tuneloop eval compare --alpha {alpha}`.")

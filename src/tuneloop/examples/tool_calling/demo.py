@@ -41,7 +41,7 @@ def demo_config() -> ProjectConfig:
                  "mix": {"golden": 0.85, "negative": 0.0, "boundary": 0.15, "generic": 0.0},
                  # one group per function: val and test functions are never trained on
                  "split": {"val": 0.1, "test": 0.2, "group_by": "lineage.source_id", "seed": 1}},
-        "train": {"max_length": 512, "effective_batch": 8, "per_device_batch": 8, "epochs": 2, "eval_steps": 20,
+        "train": {"max_length": 640, "effective_batch": 8, "per_device_batch": 8, "epochs": 2, "eval_steps": 20,
                   "lora_rank": 16, "learning_rate": 1e-3},
         "eval": {"max_new_tokens": 96, "max_samples": 60},
     })
