@@ -78,13 +78,13 @@ def malformed(rng: random.Random, index: int) -> tuple[str, bytes, dict[str, str
     if kind == 3:
         return "unknown field", json.dumps(_chat(**{rng.choice(["foo", "guided_json", "best_of"]): 1})).encode(), plain, {400}
     if kind == 4:
-        field = rng.choice([{"tools": [{"type": "function", "function": {"name": "f"}}]}, {"logprobs": True},
-                            {"n": 3}, {"tool_choice": "auto"}, {"logit_bias": {"5": 10}}, {"frequency_penalty": 1.0}])
+        field = rng.choice([{"tools": [{"type": "function", "function": {"description": "no name"}}]}, {"logprobs": True},
+                            {"n": 3}, {"tool_choice": "required"}, {"logit_bias": {"5": 10}}, {"frequency_penalty": 1.0}])
         return "unsupported field", json.dumps(_chat(**field)).encode(), plain, {400}
     if kind == 5:
         return "non-utf8", b'{"messages": [{"role": "user", "content": "\xff\xfe\xc3"}]}', plain, {400}
     if kind == 6:
-        message = rng.choice([{"role": "tool", "content": "x"}, {"role": "wizard", "content": "x"}, {"role": None},
+        message = rng.choice([{"role": "function", "content": "x"}, {"role": "wizard", "content": "x"}, {"role": None},
                               {"role": 5, "content": "x"}, "just text", {"role": "user", "content": {"a": 1}},
                               {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
                               {"role": "user", "content": "x", "tool_calls": []}])

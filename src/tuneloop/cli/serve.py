@@ -39,7 +39,7 @@ def serve(
     weight: float = typer.Option(0.1, "--weight", min=0.0, max=1.0, help="Canary: share of users sent to it."),
     max_model_len: int = typer.Option(4096, "--max-model-len", help="vLLM: longest prompt + answer."),
     gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization", help="vLLM: share of GPU memory."),
-    tool_call_parser: str = typer.Option(None, "--tool-call-parser", help="vLLM: parser when the task uses tools (e.g. hermes)."),
+    tool_call_parser: str = typer.Option(None, "--tool-call-parser", help="vLLM: tool parser (default: by model family when its template renders tools, e.g. hermes for Qwen2.5)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="vLLM: allow the model's own code."),
     vllm: str = typer.Option(None, "--vllm", help="vLLM: path of the vllm executable (its own environment)."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
@@ -118,11 +118,12 @@ def _serve_vllm(model: str, name: str | None, host: str, port: int, max_model_le
                 api_key: str | None) -> None:
     from tuneloop.models import resolve_model
     from tuneloop.serve.vllm import INSTALL_HINT, KEY_ENV, VLLMSettings, build_command, find_vllm, launch
+    from tuneloop.serve.vllm import tool_call_parser as tool_call_parser_for
 
     folder = resolve_model(model)
     settings = VLLMSettings(folder, name or Path(folder).name, host, port, max_model_len=max_model_len,
                             gpu_memory_utilization=memory, trust_remote_code=trust_remote_code,
-                            tool_call_parser=tool_call_parser, api_key=api_key)
+                            tool_call_parser=tool_call_parser or tool_call_parser_for(folder), api_key=api_key)
     found = find_vllm(executable)
     command = build_command(settings, found or "vllm")
     prefix = f"{KEY_ENV}=<key from serve.api_key_env> " if api_key else ""  # the key itself is never printed

@@ -2,8 +2,9 @@
 
 Every way a body can be wrong ends here as a `BadRequest` with the HTTP status and one line that says what to send
 instead, before any model work: too large (413), not UTF-8, not JSON, not an object, a field the server does not
-implement (`tools`, `logprobs`, `n` > 1 …: refused, never ignored), an unknown field, an odd role, content that is
-not text, a schema the decoder cannot enforce (400).
+implement (`logprobs`, `n` > 1 …: refused, never ignored), an unknown field, an odd role, content that is
+not text, a schema the decoder cannot enforce, tools or a tool_choice that cannot be honoured (400).
+`tools` and `tool_choice` are read by `serve.tool_calls`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from tuneloop.decoding.grammar import ResponseFormatError, check_response_format
+from tuneloop.serve.tool_calls import ToolPlan, ToolRequestError, plan_tools
 
 # tuneloop's own check traffic (the round's serve smoke, the load test) says so; its traces are stored smoke=1
 # and never become data
@@ -25,14 +27,12 @@ def is_smoke(request: Request) -> bool:
     return request.headers.get(SMOKE_HEADER, "").strip().lower() in ("1", "true", "yes")
 
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-MESSAGE_KEYS = {"role", "content", "name"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id"}
 # OpenAI fields that change what an answer is: the server does not implement them, so it says so
 UNSUPPORTED = {
-    "tools": "tool calls are not supported by the embedded server; serve with --backend vllm --tool-call-parser",
-    "tool_choice": "tool calls are not supported by the embedded server",
-    "functions": "function calls are not supported by the embedded server",
-    "function_call": "function calls are not supported by the embedded server",
+    "functions": "the legacy `functions` field is not supported; send `tools` instead",
+    "function_call": "the legacy `function_call` field is not supported; send `tool_choice` instead",
     "logprobs": "logprobs are not returned by the embedded server",
     "top_logprobs": "logprobs are not returned by the embedded server",
     "logit_bias": "logit_bias is not applied by the embedded server",
@@ -45,8 +45,8 @@ UNSUPPORTED = {
 }
 # sent by common clients with their neutral value: harmless when neutral, refused otherwise
 NEUTRAL = {"logprobs": (False, None), "top_logprobs": (None, 0), "logit_bias": (None, {}),
-           "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "tools": (None, []),
-           "tool_choice": (None, "none"), "modalities": (None, ["text"])}
+           "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+           "modalities": (None, ["text"])}
 IGNORED = {"stream_options", "metadata", "store", "service_tier", "parallel_tool_calls"}  # no effect on the answer
 
 
@@ -71,6 +71,8 @@ class ChatRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     user: str | None = None
     n: int = Field(1, strict=True)
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -142,10 +144,26 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
         raise BadRequest(400, f"bad response_format: {err}") from None
     except RecursionError:
         raise BadRequest(400, "bad response_format: the schema is nested too deeply.") from None
+    tool_plan(chat)  # tools and tool_choice checked here too, before any model work
     return chat
 
 
-def chat_messages(raw_messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+def tool_plan(chat: ChatRequest) -> ToolPlan | None:
+    """The request's tools and tool_choice as a plan; BadRequest(400) when they cannot be honoured."""
+    try:
+        plan = plan_tools(chat.tools, chat.tool_choice, chat.response_format)
+        if plan is not None and plan.response_format is not None:
+            check_response_format(plan.response_format)
+    except ToolRequestError as err:
+        raise BadRequest(400, str(err)) from None
+    except ResponseFormatError as err:
+        raise BadRequest(400, f"bad tools: a function's parameters cannot be enforced: {err}") from None
+    except RecursionError:
+        raise BadRequest(400, "bad tools: a parameter schema is nested too deeply.") from None
+    return plan
+
+
+def chat_messages(raw_messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages for the chat template: known roles, text content; BadRequest(400) naming the first bad one."""
     messages = []
     for index, message in enumerate(raw_messages):
@@ -153,12 +171,35 @@ def chat_messages(raw_messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             raise BadRequest(400, f"messages[{index}] must be an object with role and content.")
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise BadRequest(400, f"messages[{index}].role {role!r} is not one of system, developer, user, assistant.")
+            raise BadRequest(400, f"messages[{index}].role {role!r} is not one of system, developer, user, assistant, tool.")
         extra = sorted(set(message) - MESSAGE_KEYS)
         if extra:
             raise BadRequest(400, f"messages[{index}] has fields the server does not implement: {extra}.")
-        messages.append({"role": ROLES[role], "content": _text_content(message.get("content"), index)})
+        if "tool_calls" in message and role != "assistant" or "tool_call_id" in message and role != "tool":
+            raise BadRequest(400, f"messages[{index}]: tool_calls belong to assistant messages, tool_call_id to tool ones.")
+        checked: dict[str, Any] = {"role": ROLES[role], "content": _text_content(message.get("content"), index)}
+        if message.get("tool_calls") and role == "assistant":
+            checked["tool_calls"] = _tool_calls(message["tool_calls"], index)
+        if role == "tool":
+            checked["tool_call_id"] = str(message.get("tool_call_id") or "")
+        messages.append(checked)
     return messages
+
+
+def _tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+    """An earlier assistant turn's calls, as the renderer takes them (OpenAI's shape, arguments as JSON text)."""
+    if not isinstance(calls, list):
+        raise BadRequest(400, f"messages[{index}].tool_calls must be a list.")
+    out = []
+    for number, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+                and isinstance(function.get("arguments", ""), str)):
+            raise BadRequest(400, f"messages[{index}].tool_calls[{number}] must be {{\"type\": \"function\", "
+                                  "\"function\": {\"name\": ..., \"arguments\": \"<JSON text>\"}}.")
+        out.append({"id": str(call.get("id") or f"call_{index}_{number}"), "type": "function",
+                    "function": {"name": function["name"], "arguments": function.get("arguments") or "{}"}})
+    return out
 
 
 def _text_content(content: Any, index: int) -> str:

@@ -3,7 +3,8 @@
 ```
 GET  /v1/models              the one served model
 POST /v1/chat/completions    messages → answer; stream (SSE), response_format json_object / json_schema
-                             (xgrammar-constrained), max_tokens, temperature, top_p, seed, stop, user
+                             (xgrammar-constrained), tools + tool_choice (calls decoded under their parameter
+                             schema, `serve.tool_calls`), max_tokens, temperature, top_p, seed, stop, user
 POST /v1/feedback            {trace_id, score, comment} for a trace a completion returned (its `id`)
 GET  /health                 liveness and batching counters
 ```
@@ -41,7 +42,10 @@ from tuneloop.decoding.grammar import ResponseFormatError
 from tuneloop.decoding.validity import constrained_failure
 from tuneloop.serve.batching import BatchingGenerator, QueueFull
 from tuneloop.serve.outcome import Outcome, judge_output
-from tuneloop.serve.requests import BadRequest, chat_messages, is_smoke, parse_chat, parse_json_object, read_body
+from tuneloop.serve.requests import (
+    BadRequest, chat_messages, is_smoke, parse_chat, parse_json_object, read_body, tool_plan,
+)
+from tuneloop.serve.tool_calls import ToolPlan, read_calls, wire_calls
 from tuneloop.traces.store import TraceStore, new_trace_id
 from tuneloop.train import templates
 
@@ -145,16 +149,19 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
         try:
             body = parse_chat(parse_json_object(await read_body(request, max_body_bytes)))
             messages = chat_messages(body.messages)
+            plan = tool_plan(body)
+            # a required or named call is decoded under its function's parameters, like a json_schema answer
+            response_format = (plan.response_format if plan else None) or body.response_format
             max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
             if max_tokens > max_tokens_limit:
                 raise BadRequest(400, f"max_tokens {max_tokens} is over the server's limit of {max_tokens_limit}.")
-            prompt_ids = await asyncio.to_thread(encode_request, engine, messages)
+            prompt_ids = await asyncio.to_thread(encode_request, engine, messages, plan.functions if plan else None)
             if engine.max_positions and len(prompt_ids) + max_tokens > engine.max_positions:
                 raise BadRequest(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
                                       f"model's {engine.max_positions} positions; shorten the prompt or lower max_tokens.")
             stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
             gen = GenerationRequest(prompt_ids, max_tokens, body.temperature, body.top_p, body.seed, stop,
-                                    body.response_format)
+                                    response_format)
             # the schema compiles and the closing budget is sized here, for this request alone
             row = await asyncio.to_thread(engine.prepare, gen)
         except BadRequest as err:
@@ -163,26 +170,31 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
             return _error(400, f"bad response_format: {err}")
         trace_id, started, smoke = new_trace_id(), time.perf_counter(), is_smoke(request)
 
-        def trace(result: GenerationResult | None, error: str | None = None) -> Outcome:
+        def trace(result: GenerationResult | None, error: str | None = None) -> Answer:
             output = result.text if result else ""
-            outcome = judge_output(output, body.response_format)
-            broken = constrained_failure(result.finish_reason, outcome, body.response_format) if result else None
+            outcome = judge_output(output, response_format)
+            broken = constrained_failure(result.finish_reason, outcome, response_format) if result else None
+            calls, bad_call = read_calls(plan, output) if plan and result and not broken else (None, None)
+            broken = broken or (bad_call if result and result.finish_reason != "cancelled" else None)
             finish = result.finish_reason if result else None
+            if calls and not broken and finish == "stop":
+                finish = "tool_calls"
             if broken:
                 error, finish = error or broken, "schema_invalid"
             store.record(Trace(
                 id=trace_id, created_at=time.time(), model=name, model_version=version, messages=messages,
-                output=output, response_format=body.response_format,
+                output=output, response_format=response_format,
                 latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=len(prompt_ids),
                 completion_tokens=result.completion_tokens if result else 0, json_valid=outcome.json_valid,
                 schema_valid=outcome.schema_valid, refusal=outcome.refusal,
                 finish_reason=finish, user=body.user, error=error, smoke=smoke,
+                **({"tools": plan.functions, "tool_choice": plan.choice, "tool_calls": calls} if plan else {}),
             ))
-            return outcome
+            return Answer(outcome, broken, finish, wire_calls(calls, trace_id) if calls and not broken else None)
 
         try:
             if body.stream:
-                return _streaming(batcher, row, trace, trace_id, name, body.response_format)
+                return _streaming(batcher, row, trace, trace_id, name, plan)
             future = batcher.submit(row)
         except QueueFull as err:
             return JSONResponse({"error": {"message": f"server busy: {err}; retry after {RETRY_AFTER_S} s.",
@@ -193,12 +205,14 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
         except Exception as err:  # recorded, then reported: a failed generation still leaves a trace
             await asyncio.to_thread(trace, None, f"{type(err).__name__}: {err}")
             return _error(500, f"generation failed: {err}", "server_error")
-        outcome = await asyncio.to_thread(trace, result)
-        broken = constrained_failure(result.finish_reason, outcome, body.response_format)
+        done = await asyncio.to_thread(trace, result)
+        broken = done.broken
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        if done.tool_calls:
+            message = {"role": "assistant", "content": None, "tool_calls": done.tool_calls}
         answer = {
             "id": trace_id, "object": "chat.completion", "created": int(time.time()), "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "finish_reason": "schema_invalid" if broken else result.finish_reason}],
+            "choices": [{"index": 0, "message": message, "finish_reason": done.finish}],
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                       "total_tokens": result.prompt_tokens + result.completion_tokens},
         }
@@ -210,16 +224,24 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
     return app
 
 
-def encode_request(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
-    """A request's prompt ids: its messages (`requests.chat_messages`) through the one renderer training uses."""
+def encode_request(engine: Engine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """A request's prompt ids: its messages (`requests.chat_messages`) and tools through the one renderer training uses."""
     try:
-        return templates.prompt_ids(engine.tokenizer, messages)
+        return templates.prompt_ids(engine.tokenizer, messages, tools=tools)
     except Exception as err:  # the model's own chat template refuses this conversation (order of roles, …)
         raise BadRequest(400, f"the model's chat template rejects these messages: {str(err)[:200]}") from None
 
 
+class Answer:
+    """What one finished generation became: its outcome, why it broke its promise (or None), the finish reason sent,
+    and its calls in OpenAI's shape (None for a text answer)."""
+
+    def __init__(self, outcome: Outcome, broken: str | None, finish: str | None, tool_calls: list[dict] | None):
+        self.outcome, self.broken, self.finish, self.tool_calls = outcome, broken, finish, tool_calls
+
+
 def _streaming(batcher: BatchingGenerator, row: Any, trace, trace_id: str, name: str,
-               response_format: dict[str, Any] | None) -> StreamingResponse:
+               plan: ToolPlan | None) -> StreamingResponse:
     """Submit a streaming row (QueueFull propagates: a 429 before any byte is sent) and stream its answer.
 
     The trace is written by the generation's own completion, in the worker thread, so it exists whether or not
@@ -239,12 +261,12 @@ def _streaming(batcher: BatchingGenerator, row: Any, trace, trace_id: str, name:
             error = f"{type(err).__name__}: {err}"
         if result is not None and result.finish_reason == "cancelled":
             error = "client disconnected before the answer was complete"
-        outcome = trace(result, error)
+        done = trace(result, error)
         with contextlib.suppress(RuntimeError):  # the loop is gone when the server shuts down
-            loop.call_soon_threadsafe(_settle, traced, (result, error, outcome))
+            loop.call_soon_threadsafe(_settle, traced, (result, error, done))
 
     batcher.submit(row).add_done_callback(on_done)
-    return StreamingResponse(_stream(pieces, traced, gen, trace_id, name, response_format),
+    return StreamingResponse(_stream(pieces, traced, gen, trace_id, name, plan),
                              media_type="text/event-stream", headers={"X-Trace-Id": trace_id})
 
 
@@ -254,8 +276,11 @@ def _settle(future: asyncio.Future, value: Any) -> None:
 
 
 async def _stream(pieces: asyncio.Queue, traced: asyncio.Future, gen: GenerationRequest, trace_id: str, name: str,
-                  response_format: dict[str, Any] | None) -> AsyncIterator[str]:
+                  plan: ToolPlan | None) -> AsyncIterator[str]:
+    """Server-sent chunks. An answer that may be a call (tools with tool_choice other than none) is held back until
+    it is complete: it is sent as one content chunk or as one tool_calls chunk, never as a call's text."""
     created = int(time.time())
+    held: list[str] | None = [] if plan is not None and plan.reads_calls else None
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
         event = {"id": trace_id, "object": "chat.completion.chunk", "created": created, "model": name,
@@ -269,23 +294,32 @@ async def _stream(pieces: asyncio.Queue, traced: asyncio.Future, gen: Generation
             getter = asyncio.ensure_future(pieces.get())
             done, _ = await asyncio.wait({getter, traced}, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
-                yield chunk({"content": getter.result()})
+                if held is None:
+                    yield chunk({"content": getter.result()})
+                else:
+                    held.append(getter.result())
                 continue
             getter.cancel()
             break
         while not pieces.empty():
-            yield chunk({"content": pieces.get_nowait()})
-        result, error, outcome = traced.result()
+            if held is None:
+                yield chunk({"content": pieces.get_nowait()})
+            else:
+                held.append(pieces.get_nowait())
+        result, error, answer = traced.result()
         finished = True
         if result is None:
             yield f"data: {json.dumps({'error': {'message': error, 'type': 'server_error'}})}\n\n"
             return
-        broken = constrained_failure(result.finish_reason, outcome, response_format)
-        if broken:
+        if answer.broken:
             yield chunk({}, "schema_invalid")
-            yield f"data: {json.dumps({'error': {'message': broken, 'type': 'schema_validation_error'}})}\n\n"
+            yield f"data: {json.dumps({'error': {'message': answer.broken, 'type': 'schema_validation_error'}})}\n\n"
         else:
-            yield chunk({}, result.finish_reason)
+            if answer.tool_calls:
+                yield chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(answer.tool_calls)]})
+            elif held:
+                yield chunk({"content": "".join(held)})
+            yield chunk({}, answer.finish)
         yield "data: [DONE]\n\n"
     finally:
         if getter is not None:

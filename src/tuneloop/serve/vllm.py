@@ -57,6 +57,46 @@ class VLLMSettings:
     tensor_parallel_size: int = 1
 
 
+# vLLM's --tool-call-parser per model family: (words in the model id or its config's model_type, parser)
+TOOL_PARSERS = (("hermes", "hermes"), ("qwen", "hermes"), ("llama-3", "llama3_json"), ("llama3", "llama3_json"),
+                ("mistral", "mistral"), ("mixtral", "mistral"), ("granite", "granite"), ("internlm", "internlm"),
+                ("deepseek-v3", "deepseek_v3"), ("deepseek_v3", "deepseek_v3"))
+
+
+def _template_source(folder: Path) -> str | None:
+    """A local model's chat template text (None: not a local folder)."""
+    if not folder.is_dir():
+        return None
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.exists() else None
+    return template if isinstance(template, str) else json.dumps(template or "")
+
+
+def tool_call_parser(model: str | Path) -> str | None:
+    """The vLLM tool parser matching a model's family, or None when its template has no tool syntax (vLLM would
+    parse nothing: such a model calls through tuneloop's json_block format, served by the embedded server).
+
+    >>> tool_call_parser("Qwen/Qwen2.5-7B-Instruct"), tool_call_parser("HuggingFaceTB/SmolLM2-135M-Instruct")
+    ('hermes', None)
+    """
+    folder = Path(model)
+    names = [str(model).lower()]
+    template = _template_source(folder)
+    if template is not None:
+        if "tools" not in template:
+            return None
+        config = folder / "config.json"
+        if config.exists():
+            names.append(str(json.loads(config.read_text(encoding="utf-8")).get("model_type", "")).lower())
+    for word, parser in TOOL_PARSERS:
+        if any(word in name for name in names):
+            return parser
+    return None
+
+
 def chat_template_file(model_dir: str | Path) -> Path | None:
     """The export's pinned training template (chat_template.jinja), when it has one."""
     path = Path(model_dir) / "chat_template.jinja"
