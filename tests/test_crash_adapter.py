@@ -10,7 +10,8 @@ from tuneloop.data.io.formats import write_samples
 from tuneloop.files import tree_digest, write_json
 from tuneloop.project import TrainConfig
 from tuneloop.records import Sample
-from tuneloop.train.sft import _last_checkpoint, train_sft
+from tuneloop.train.checkpoints import last_checkpoint
+from tuneloop.train.sft import train_sft
 
 
 def test_resume_passes_over_a_checkpoint_killed_mid_save(tmp_path):
@@ -23,8 +24,8 @@ def test_resume_passes_over_a_checkpoint_killed_mid_save(tmp_path):
     # killed while writing trainer_state.json itself
     (checkpoints / "checkpoint-12").mkdir()
     (checkpoints / "checkpoint-12" / "trainer_state.json").write_text('{"global_st')
-    assert _last_checkpoint(checkpoints) == str(checkpoints / "checkpoint-6")
-    assert _last_checkpoint(tmp_path / "none") is None
+    assert last_checkpoint(checkpoints) == str(checkpoints / "checkpoint-6")
+    assert last_checkpoint(tmp_path / "none") is None
 
 
 def samples(count: int) -> list[Sample]:

@@ -19,7 +19,6 @@ quarantine.jsonl, run_card.html/md), so `tuneloop export merge`, eval and the lo
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ from tuneloop.models import resolve_model
 from tuneloop.project import AlignConfig, TrainConfig
 from tuneloop.records import content_hash
 from tuneloop.train.config import TrainSettings, derive_settings
-from tuneloop.train.sft import RunResult, TrainError, _checkpoint_step, _last_checkpoint, hardware, load_base_model
+from tuneloop.train.checkpoints import TrainError, checkpoint_step, open_run_folder
+from tuneloop.train.sft import RunResult, hardware, load_base_model
 
 ALIGN_LORA_LR = 2e-5
 ALIGN_FULL_LR = 1e-6
@@ -109,19 +109,6 @@ def align_settings(config: TrainConfig, align: AlignConfig, rows: int, cuda: boo
 
 def run_fingerprint(*parts: Any) -> str:
     return content_hash(*parts)
-
-
-def open_run_folder(out: Path, fingerprint: str, resume: bool) -> tuple[Path, str | None]:
-    """The checkpoints folder and the checkpoint to resume from; another run's folder is refused (as in SFT)."""
-    checkpoints = out / "checkpoints"
-    previous = out / "config.json"
-    if previous.exists() and read_json(previous).get("fingerprint") != fingerprint and resume and \
-            _last_checkpoint(checkpoints):
-        raise TrainError(f"{out}: holds a run with other data, model or settings; pass another --out, or "
-                         "--no-resume to start this folder over.")
-    if not resume and checkpoints.exists():
-        shutil.rmtree(checkpoints)
-    return checkpoints, _last_checkpoint(checkpoints) if resume else None
 
 
 def trainer_arguments(config: TrainConfig, derived: TrainSettings, checkpoints: Path, cuda: bool,
@@ -207,7 +194,7 @@ def finish_run(trainer: Any, tokenizer: Any, out: Path, kind: str, start: StartP
         "max_length": config.max_length, "packing": False,
         "data": {split: {"file": s["file"], "sha256": s["sha256"]} if s else None for split, s in data.items()},
         "steps": state.global_step, "max_steps": derived.optimizer_steps,
-        "best_step": _checkpoint_step(state.best_model_checkpoint) or (state.global_step if not has_val else None),
+        "best_step": checkpoint_step(state.best_model_checkpoint) or (state.global_step if not has_val else None),
         "best_checkpoint": state.best_model_checkpoint, "best_val_loss": state.best_metric,
         "stopped_early": has_val and state.global_step < derived.optimizer_steps,
         "resumed_from": resume_from, "val_loss_oscillating": False, "suggested_learning_rate": None,

@@ -20,11 +20,12 @@ from typing import Any
 from tuneloop.data.io.formats import write_quarantine
 from tuneloop.files import write_json
 from tuneloop.project import AlignConfig, TrainConfig
-from tuneloop.train.alignment import (align_settings, callbacks, finish_run, load_policy, open_run_folder,
-                                      restore_policy_adapter, run_fingerprint, start_point, trainer_arguments)
+from tuneloop.train.alignment import (align_settings, callbacks, finish_run, load_policy, restore_policy_adapter,
+                                     run_fingerprint, start_point, trainer_arguments)
+from tuneloop.train.checkpoints import TrainError, open_run_folder
 from tuneloop.train.config import Derived
 from tuneloop.train.prefs import PreferenceDataError, PreparedPairs, prepare_pairs
-from tuneloop.train.sft import RunResult, TrainError
+from tuneloop.train.sft import RunResult
 
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                "logps/rejected", "eval_rewards/margins", "eval_rewards/accuracies")

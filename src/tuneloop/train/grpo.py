@@ -34,10 +34,11 @@ from tuneloop.data.io.formats import read_samples, write_quarantine
 from tuneloop.files import file_digest, write_json
 from tuneloop.project import AlignConfig, TrainConfig
 from tuneloop.records import QuarantinedRow, Sample, to_messages
-from tuneloop.train.alignment import (align_settings, callbacks, finish_run, load_policy, open_run_folder,
-                                      restore_policy_adapter, run_fingerprint, start_point, trainer_arguments)
+from tuneloop.train.alignment import (align_settings, callbacks, finish_run, load_policy, restore_policy_adapter,
+                                     run_fingerprint, start_point, trainer_arguments)
+from tuneloop.train.checkpoints import TrainError, open_run_folder
 from tuneloop.train.config import Derived
-from tuneloop.train.sft import RunResult, TrainError
+from tuneloop.train.sft import RunResult
 
 GRPO_METRICS = ("reward", "reward_std", "kl", "frac_reward_zero_std", "completions/clipped_ratio",
                 "completions/mean_length", "completions/max_length", "completions/mean_terminated_length")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,9 @@ from tuneloop.files import atomic_dir, read_json, write_json
 from tuneloop.models import resolve_model
 from tuneloop.project import TrainConfig
 from tuneloop.records import content_hash
+from tuneloop.train.checkpoints import TrainError, checkpoint_step, open_run_folder
 from tuneloop.train.config import OSCILLATION_LR, TrainSettings, derive_settings, val_loss_oscillates
 from tuneloop.train.prepare import PreparedSplit, prepare_data
-
-
-class TrainError(RuntimeError):
-    """A run that cannot start or continue, with what to do."""
 
 
 @dataclass
@@ -105,24 +101,6 @@ def _records(split: PreparedSplit):
     return Dataset.from_list(split.batches)
 
 
-def _last_checkpoint(checkpoints: Path) -> str | None:
-    """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a checkpoint killed mid-save
-    (weights or optimizer half written) has none, or a truncated one, and is passed over."""
-    import json
-    import re
-
-    complete = []
-    for folder in checkpoints.glob("checkpoint-*") if checkpoints.exists() else []:
-        number = re.fullmatch(r"checkpoint-(\d+)", folder.name)
-        try:
-            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if number and folder.is_dir():
-            complete.append((int(number.group(1)), str(folder)))
-    return max(complete)[1] if complete else None
-
-
 def train_sft(train_file: str | Path, val_file: str | Path | None, out_dir: str | Path, model: str = "default",
               settings: TrainConfig | None = None, default_system: str = "", gpus: int = 1, resume: bool = True,
               progress: bool = True) -> RunResult:
@@ -151,14 +129,7 @@ def train_sft(train_file: str | Path, val_file: str | Path | None, out_dir: str 
     train, val = prepare_data(tokenizer, train_file, val_file, config, default_system)
     derived = derive_settings(config, len(train.batches), len(train.rows), world, cuda)
     run_fingerprint = fingerprint(model_path, config, train, val, default_system)
-    checkpoints = out / "checkpoints"
-    previous = out / "config.json"
-    if previous.exists() and read_json(previous).get("fingerprint") != run_fingerprint:
-        if resume and _last_checkpoint(checkpoints):
-            raise TrainError(f"{out}: holds a run with other data, model or settings; pass another --out, or "
-                             "--no-resume to start this folder over.")
-    if not resume and checkpoints.exists() and _is_main():
-        shutil.rmtree(checkpoints)
+    checkpoints, resume_from = open_run_folder(out, run_fingerprint, resume, main=_is_main())
     prepared_s = time.monotonic() - started
 
     config_record = {"fingerprint": run_fingerprint, "model": model, "base_model": model_path,
@@ -171,7 +142,6 @@ def train_sft(train_file: str | Path, val_file: str | Path | None, out_dir: str 
 
     build = _build_engine if uses_engine(config, world) else _build_trainer
     trainer = build(model_path, tokenizer, config, derived, train, val, checkpoints, cuda, progress, out)
-    resume_from = _last_checkpoint(checkpoints) if resume else None
     train_started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.monotonic() - train_started
@@ -294,7 +264,7 @@ def _finish(trainer, tokenizer, out: Path, model: str, model_path: str, config: 
         "data": {"train": {"file": str(train.path), "sha256": train.sha256},
                  "val": {"file": str(val.path), "sha256": val.sha256} if val else None},
         "steps": state.global_step, "max_steps": derived.optimizer_steps,
-        "best_step": _checkpoint_step(state.best_model_checkpoint) or (state.global_step if not val else None),
+        "best_step": checkpoint_step(state.best_model_checkpoint) or (state.global_step if not val else None),
         "best_checkpoint": state.best_model_checkpoint, "best_val_loss": state.best_metric,
         "stopped_early": bool(val) and state.global_step < derived.optimizer_steps,
         "resumed_from": resume_from, "val_loss_oscillating": oscillating,
@@ -308,13 +278,6 @@ def _finish(trainer, tokenizer, out: Path, model: str, model_path: str, config: 
         write_json(out / "run.json", run)
         write_run_card(out, run, read_json(out / "config.json"), metrics)
     return RunResult(out, run, derived, metrics)
-
-
-def _checkpoint_step(checkpoint: str | None) -> int | None:
-    if not checkpoint:
-        return None
-    tail = Path(checkpoint).name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else None
 
 
 def launch_command(argv: list[str], gpus: int, method: str) -> list[str]:
