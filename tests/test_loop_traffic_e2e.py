@@ -180,8 +180,9 @@ def test_traffic_from_the_embedded_server_runs_a_whole_cycle_to_a_canary(first_r
     alone = cli("loop", "--project", str(project), "--quick", "--no-serve", "--only", "eval traffic")
     assert alone.exit_code == 0, alone.output
     summary = json.loads((project / "loop" / "r0002" / "summary.json").read_text())
-    statuses = {s["name"]: s["status"] for s in summary["stages"]}
-    assert statuses["eval traffic"] == "done" and statuses["train"] == "skipped" and statuses["merge"] == "done"
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert stages["eval traffic"]["status"] == "done" and stages["train"]["status"] == "skipped"
+    assert stages["merge"].get("earlier_run") and stages["canary start"].get("earlier_run")
     assert summary["merge"] and summary["verdict"] and "traffic eval" in summary["reports"]
     assert current_model(Project.load(project)) == str(project / "exports" / "ticket-extraction-r0002")
 
