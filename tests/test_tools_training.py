@@ -115,3 +115,20 @@ def test_a_client_sending_the_samples_messages_and_tools_gets_the_trained_prompt
         served = prompt_ids(tokenizer, chat_messages(json.loads(json.dumps(request))), tools=request.tools)
         assert served == encode_sample(tokenizer, sample, 512)[0].input_ids[: len(served)]
         assert served == prompt_ids(tokenizer, sample)
+
+
+def test_llamafactory_glaive_demo_rows_render_and_encode(tokenizer):
+    from pathlib import Path
+
+    from tuneloop.data.io.shapes import sharegpt_to_sample
+
+    path = Path("/work/shared/fixtures/llamafactory-demo/glaive_toolcall_en_demo.json")
+    if not path.exists():
+        pytest.skip("shared glaive fixture absent")
+    samples = [sharegpt_to_sample(row) for row in json.loads(path.read_text(encoding="utf-8"))[:60]]
+    for sample in samples:
+        rows = encode_sample(tokenizer, sample, 8192)
+        assert isinstance(rows, list), rows
+        text = tokenizer.decode(rows[0].input_ids)
+        assert "<tools>" in text and "<tool_response>" in text or "observation" not in sample.extras.get("turn_roles", [])
+        assert answer_of(tokenizer, rows[0]).endswith("<|im_end|>")
