@@ -134,3 +134,11 @@ def test_glaive_demo_rows_round_trip_and_pass_the_gate(tmp_path, shape):
     assert calls
     fitting = [c for s, c in calls if not call_problems(parse_calls(json.dumps(c)), normalize_tools(s.extras["tools"]))]
     assert len(fitting) / len(calls) > 0.9
+
+
+def test_rows_that_differ_only_in_their_tools_are_different_rows():
+    a = Sample(instruction="Weather in Oslo?", output="x", tools=[WEATHER])
+    b = Sample(instruction="Weather in Oslo?", output="x", tools=[WEATHER, {"name": "forecast"}])
+    plain = Sample(instruction="Weather in Oslo?", output="x")
+    assert len({a.id, b.id, plain.id}) == 3
+    assert plain.id == Sample(instruction="Weather in Oslo?", output="x", kto_tag=True).id  # other extras: as before

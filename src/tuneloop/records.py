@@ -177,7 +177,13 @@ class Sample(BaseModel):
         return self
 
     def content_id(self) -> str:
-        """Content hash of what the model sees and must answer; the id of a row that brought none."""
+        """Content hash of what the model sees and must answer; the id of a row that brought none.
+
+        The offered tools are part of what the model sees (rows without tools keep the hash they always had).
+        """
+        tools = (self.model_extra or {}).get("tools")
+        if tools not in (None, ""):
+            return content_hash(self.system, self.history, self.instruction, self.input, self.output, tools)
         return content_hash(self.system, self.history, self.instruction, self.input, self.output)
 
     @property
