@@ -191,7 +191,15 @@ def trace_reasons(trace: Trace, feedback: list[dict[str, Any]], schema: dict[str
 def trace_sample(trace: Trace, default_system: str = "") -> Sample:
     """The prompt the model saw as a Sample (RowError when its messages hold no conversation): the OpenAI chat
     reader turns the messages plus the answer into a sample, whose answer then moves to `rejected`."""
-    row = {"messages": [*trace.messages, {"role": "assistant", "content": trace.output or ""}]}
+    extra = trace.model_extra or {}
+    answer: dict[str, Any] = {"role": "assistant", "content": trace.output or ""}
+    if extra.get("tool_calls"):  # the served call, as the conversation's function_call answer
+        answer = {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}}
+            for c in extra["tool_calls"]]}
+    row: dict[str, Any] = {"messages": [*trace.messages, answer]}
+    if extra.get("tools"):
+        row["tools"] = extra["tools"]  # the functions the request offered stay with its prompt
     sample = openai_to_sample(row, source=TRAFFIC)
     sample.rejected, sample.output = sample.output, ""
     if default_system and sample.system == default_system:
