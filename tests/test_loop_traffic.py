@@ -99,8 +99,10 @@ def test_stages_can_be_named_left_out_or_run_alone():
     with pytest.raises(LoopError, match="no stage named 'trian'"):
         stages_for(CycleOptions(skip=frozenset({"trian"})))
     only = [s.name for s in stages_for(CycleOptions(only="merge"))]
-    # the stages a user may leave out are left out before it; the others are reused, never run, by --only
-    assert only == ["traffic split", "gate", "baseline eval", "train", "eval after", "compare", "merge"]
+    # the stages nothing reads are left out before it; the others are reused, never run, by --only (alignment
+    # among them, which the round itself leaves out unless align.method asks for it)
+    assert only == ["traffic split", "gate", "baseline eval", "train", "best-of-n", "dpo", "eval after", "compare",
+                    "merge"]
     assert "canary start" in CycleOptions(canary=False).left_out()
     assert "serve smoke" in CycleOptions(serve=False).left_out()
     assert set(STAGE_NAMES) >= {"traces pull", "select", "cluster", "relabel", "eval traffic", "canary start"}

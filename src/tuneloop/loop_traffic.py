@@ -131,21 +131,29 @@ def _canary_done(outputs: dict[str, Any]) -> str:
             "`tuneloop canary status` / `tuneloop canary stop`")
 
 
-def _round_stage(name: str) -> Stage:
-    return next(s for s in ROUND_STAGES if s.name == name)
+EVAL_TRAFFIC = Stage("eval traffic", lambda r: Inputs([p for p in (holdout_file(r.project),) if p.exists()]
+                                                     + [r.adapter_dir],
+                                                     [r.model, r.eval_settings.model_dump(mode="json"), r.system,
+                                                      r.config.eval.gate.model_dump(mode="json")]),
+                     eval_traffic, may_skip=True, done_line=_eval_traffic_done)
+CANARY_START = Stage("canary start", lambda r: Inputs([r.export_dir], [r.model, r.config.loop.canary_weight]),
+                     canary_start, may_skip=True, done_line=_canary_done)
 
 
-CYCLE_STAGES: list[Stage] = [
-    *INTAKE_STAGES,
-    *(_round_stage(name) for name in ("gate", "baseline eval", "train", "eval after")),
-    Stage("eval traffic", lambda r: Inputs([p for p in (holdout_file(r.project),) if p.exists()] + [r.adapter_dir],
-                                           [r.model, r.eval_settings.model_dump(mode="json"), r.system,
-                                            r.config.eval.gate.model_dump(mode="json")]),
-          eval_traffic, may_skip=True, done_line=_eval_traffic_done),
-    *(_round_stage(name) for name in ("compare", "merge", "serve smoke")),
-    Stage("canary start", lambda r: Inputs([r.export_dir], [r.model, r.config.loop.canary_weight]), canary_start,
-          may_skip=True, done_line=_canary_done),
-]
+def _cycle_stages() -> list[Stage]:
+    """The intake, then every stage of the round (whatever `tuneloop run` has: alignment too) with the traffic eval
+    before the comparison's gate, then the canary."""
+    stages = list(INTAKE_STAGES)
+    for stage in ROUND_STAGES:
+        if stage.name == "compare":
+            stages.append(EVAL_TRAFFIC)
+        stages.append(stage)
+    return [*stages, CANARY_START]
+
+
+CYCLE_STAGES: list[Stage] = _cycle_stages()
+# stages that nothing after them reads: `--only` leaves them out instead of asking that they ran
+UNREAD = frozenset({*(s.name for s in INTAKE_STAGES if s.may_skip), EVAL_TRAFFIC.name})
 STAGE_NAMES = tuple(s.name for s in CYCLE_STAGES)
 
 
@@ -182,8 +190,9 @@ def stages_for(options: CycleOptions) -> list[Stage]:
                             f"these inputs: run `tuneloop loop` (or `tuneloop loop --only '{stage.name}'`) first.")
         return refuse
 
-    # an earlier stage a user may leave out is read by nothing after it: left out; the others must be reusable
-    earlier = [replace(s, run=needs(s)) for s in CYCLE_STAGES[:index] if not s.may_skip]
+    # an earlier stage nothing reads is left out; the others must be reusable (a round stage the project's config
+    # leaves out, such as alignment without align.method, the round leaves out as always)
+    earlier = [replace(s, run=needs(s)) for s in CYCLE_STAGES[:index] if s.name not in UNREAD]
     chosen = CYCLE_STAGES[index]
     return [*earlier, replace(chosen, memory=lambda r, m=chosen.memory: _NoReuse(m(r)))]
 
