@@ -123,7 +123,8 @@ def test_only_a_stage_that_says_so_may_be_left_out(tmp_path):
 def test_the_round_is_the_documented_list_of_stages():
     from tuneloop.loop import ROUND_STAGES, LoopOptions
 
-    assert [s.name for s in ROUND_STAGES] == ["gate", "baseline eval", "train", "eval after", "compare", "merge",
-                                              "serve smoke"]
-    assert [s.name for s in ROUND_STAGES if s.may_skip] == ["serve smoke"]
+    assert [s.name for s in ROUND_STAGES] == ["gate", "baseline eval", "train", "best-of-n", "dpo", "eval after",
+                                              "compare", "merge", "serve smoke"]
+    # alignment is left out unless align.method asks for it; serving by the user (--no-serve)
+    assert [s.name for s in ROUND_STAGES if s.may_skip] == ["best-of-n", "dpo", "serve smoke"]
     assert LoopOptions(serve=False).left_out() == {"serve smoke"}
