@@ -17,7 +17,7 @@ LAYERS = [
     {"train", "eval", "decoding"},
     {"export", "serve"},
     {"traces", "annotate", "examples"},
-    {"loop", "loop_stage", "loop_summary", "loop_traffic", "loop_intake", "loop_canary",
+    {"loop", "loop_stage", "loop_summary", "loop_traffic", "loop_intake", "loop_canary", "loop_export",
      "loop_rounds"},
     {"cli", "doctor"},
 ]
