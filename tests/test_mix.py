@@ -86,3 +86,14 @@ def test_the_mix_command_writes_every_row_it_leaves_out_whole_beside_its_output(
     by_id = {s.id: s for s in rows}
     assert all(s.model_dump() == by_id[s.id].model_dump() for s in dropped)  # whole rows, not ids
     assert f"rows: {len(rows)} in = {len(kept)} kept + {len(dropped)} left out by the mix + 0 quarantined" in result.output
+
+
+def test_relabeled_traffic_is_never_dropped_even_past_its_types_share():
+    seeds = typed({"golden": 40, "negative": 20, "boundary": 30, "generic": 10})
+    traffic = [Sample(id=f"t{i}", instruction=f"a failing message {i}", output="b", sample_type="negative",
+                      meta={"source": "traffic", "annotator": "ann"}) for i in range(30)]
+    result = mix(seeds + traffic, TARGET, max_drop=0.9)
+    kept = {s.id for s in result.train}
+    assert {s.id for s in traffic} <= kept
+    assert result.after["negative"] == 30  # the seeds' negatives gave way, the traffic stayed
+    assert len(seeds) + len(traffic) == len(result.train) + len(result.dropped)

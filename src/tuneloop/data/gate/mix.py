@@ -3,7 +3,8 @@
 ```
 counts per type ─▶ total T the present types can fill exactly: min(count_t / target_t)
                    (raised until at most max_drop of the rows go, so a rare type cannot wipe out the data)
-                ─▶ keep min(count_t, ceil(target_t × T)) of each type, best rows first
+                ─▶ keep min(count_t, ceil(target_t × T)) of each type, best rows first; relabeled traffic
+                   (meta.source "traffic": the model's real failures, corrected) is always kept, beyond that share
                 ─▶ deficit_t: rows type t still needs to reach its share of what was kept
 negative row ─▶ its golden twin (same lineage.source_id, else same normalized prompt) gets `rejected` = the
                 negative's answer, so preference training (DPO) has a pair
@@ -86,6 +87,12 @@ class MixResult:
                 for k in kinds]
 
 
+def is_traffic(sample: Sample) -> bool:
+    """A relabeled failure from real traffic: the only rows that teach what the model got wrong in use, so the mix
+    never drops them (the mix table shows what they do to the shares)."""
+    return sample.meta.source == "traffic"
+
+
 def pair_negatives(samples: Sequence[Sample]) -> tuple[list[Sample], int]:
     """Copies of the rows where each golden row with a negative twin carries the twin's answer as `rejected`."""
     prompts = normalize_many([s.prompt_key_text for s in samples])
@@ -118,9 +125,11 @@ def mix(train: Sequence[Sample], target: Mapping[str, float], max_drop: float = 
     chosen: set[int] = set()
     dropped = []
     for kind, rows in by_type.items():
-        ranked = sorted(rows, key=lambda s: (-s.quality, hashlib.sha256(f"{seed}:{s.id}".encode()).hexdigest()))
-        chosen.update(id(s) for s in ranked[:keep[kind]])
-        dropped.extend(ranked[keep[kind]:])
+        ranked = sorted(rows, key=lambda s: (not is_traffic(s), -s.quality,
+                                             hashlib.sha256(f"{seed}:{s.id}".encode()).hexdigest()))
+        count = max(keep[kind], sum(1 for s in rows if is_traffic(s)))
+        chosen.update(id(s) for s in ranked[:count])
+        dropped.extend(ranked[count:])
     kept = [s for s in train if id(s) in chosen]
     after = {kind: sum(1 for s in kept if s.sample_type == kind) for kind in before}
     paired, pairs = pair_negatives(kept)
