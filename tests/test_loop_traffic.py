@@ -389,3 +389,19 @@ def test_a_run_that_left_stages_out_keeps_the_rounds_earlier_record_of_them(tmp_
     assert merged["headline"]["field_accuracy"]["after"] == 0.7
     assert current_model(project) == str(project.exports_dir / "task-r0001")
     assert json.loads((project.root / "loop" / "r0001" / "summary.json").read_text()) == merged
+
+
+def test_a_plain_round_after_a_cycle_keeps_the_relabeled_traffic(tmp_path):
+    from tuneloop.loop import LoopOptions
+
+    project = make_project(tmp_path, seed_rows(60))
+    assert LoopOptions().extra_sources(project) == []
+    first = run_gate(project, progress=False, tokenizer=None)
+    write_samples(project.relabeled_file, traffic_rows(6))
+    assert LoopOptions().extra_sources(project) == [project.relabeled_file]  # in the round's key too
+    second = run_gate(project, progress=False, tokenizer=None)  # `tuneloop run` / `data gate`: no extra_sources
+    train = {s.id for s in load_samples(second.round_dir / "train.jsonl")}
+    assert {f"tr-{i}" for i in range(6)} <= train
+    assert second.counts["rows_in"] == first.counts["rows_in"] + 6
+    again = run_gate(project, progress=False, tokenizer=None, extra_sources=[project.relabeled_file])
+    assert again.counts["rows_in"] == second.counts["rows_in"]  # named twice, read once

@@ -72,8 +72,9 @@ class LoopOptions:
         return project.config.model
 
     def extra_sources(self, project: Project) -> list[Path]:
-        """Files the gate reads beside `data.sources` (the loop of rounds: relabeled traffic)."""
-        return []
+        """Files the gate reads beside `data.sources`: relabeled traffic once `tuneloop loop` accepted some, so a
+        plain `tuneloop run` after a cycle keeps those rows too."""
+        return [project.relabeled_file] if project.relabeled_file.exists() else []
 
 
 class RoundManifests:

@@ -47,7 +47,7 @@ def traffic_data_dir(project: Project) -> Path:
 
 
 def relabeled_file(project: Project) -> Path:
-    return traffic_data_dir(project) / "relabeled.jsonl"
+    return project.relabeled_file
 
 
 def holdout_file(project: Project) -> Path:

@@ -47,8 +47,6 @@ class CycleOptions(LoopOptions):
     def start_model(self, project: Project, round_dir: Path) -> str:
         return current_model(project, before=round_dir)
 
-    def extra_sources(self, project: Project) -> list[Path]:
-        return [relabeled_file(project)]
 
 
 # -- the stages after training ---------------------------------------------------------------------------------------

@@ -344,6 +344,12 @@ class Project:
     def traces_db(self) -> Path:
         return self.root / "traces.db"
 
+    @property
+    def relabeled_file(self) -> Path:
+        """Relabeled traffic accepted for training (`tuneloop loop` writes it); every later gate of the project reads
+        it beside data.sources."""
+        return self.root / "data" / "traffic" / "relabeled.jsonl"
+
     def rounds(self) -> list[Path]:
         """Completed round folders, oldest first (a round is complete once its manifest exists)."""
         if not self.rounds_dir.exists():

@@ -86,10 +86,14 @@ def project_token_counter(project: Project) -> tuple[TokenCounter, str]:
 def run_gate(project: Project, sources: list[Path] | None = None, progress: bool = True,
              tokenizer: Any = "project", extra_sources: Sequence[Path] = ()) -> GateResult:
     """The gate over a project's `data.sources` (or `sources`, licensed `internal`) plus `extra_sources` (files the
-    loop adds, such as relabeled traffic, licensed `internal`); writes data/rounds/rNNNN/."""
+    loop adds, licensed `internal`); writes data/rounds/rNNNN/. The project's own sources include its relabeled
+    traffic (`Project.relabeled_file`) once `tuneloop loop` accepted some: those rows stay in every later round."""
     config = project.config.data
     if sources is None:
         pairs = [(project.path(s.path), s.license, s.format, s.dataset) for s in config.sources]
+        traffic = project.relabeled_file
+        if traffic.exists() and all(Path(p).resolve() != traffic.resolve() for p in extra_sources):
+            extra_sources = [*extra_sources, traffic]
     else:
         pairs = [(Path(p), "internal") for p in sources]
     pairs += [(Path(p), "internal") for p in extra_sources]
