@@ -30,6 +30,32 @@ from typing import Any
 
 from tuneloop.records import Trace
 
+
+def _queue_table(name: str, status_index: str) -> str:
+    """A queue of samples waiting for a label (the relabel queue, the annotation tool's seed set): one layout."""
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
+        id TEXT PRIMARY KEY,
+        trace_id TEXT,
+        origin TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        cluster INTEGER,
+        cluster_name TEXT,
+        sample TEXT NOT NULL,
+        proposal TEXT,
+        proposed_by TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        label TEXT,
+        annotator TEXT,
+        reviewer TEXT,
+        comment TEXT,
+        version INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS {status_index} ON {name}(status);
+"""
+
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
     CREATE TABLE IF NOT EXISTS traces (
@@ -81,51 +107,13 @@ MIGRATIONS: list[tuple[int, str]] = [
     ALTER TABLE feedback ADD COLUMN name TEXT;
     ALTER TABLE feedback ADD COLUMN source_id TEXT;
     CREATE UNIQUE INDEX IF NOT EXISTS feedback_source_id ON feedback(source_id);
-    CREATE TABLE IF NOT EXISTS relabel_queue (
-        id TEXT PRIMARY KEY,
-        trace_id TEXT,
-        origin TEXT NOT NULL,
-        reasons TEXT NOT NULL,
-        cluster INTEGER,
-        cluster_name TEXT,
-        sample TEXT NOT NULL,
-        proposal TEXT,
-        proposed_by TEXT,
-        status TEXT NOT NULL DEFAULT 'pending',
-        label TEXT,
-        annotator TEXT,
-        reviewer TEXT,
-        comment TEXT,
-        version INTEGER NOT NULL DEFAULT 1,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS relabel_status ON relabel_queue(status);
+    """ + _queue_table("relabel_queue", "relabel_status") + """
     """),
     # the annotation tool: the seed set's queue (the relabel queue's columns; apart, so the loop never reads seeds
     # as traffic) and every label an annotator submits (a queue row holds only the latest one), for the agreement
     # of two annotators on one sample
     (3, """
-    CREATE TABLE IF NOT EXISTS seed_queue (
-        id TEXT PRIMARY KEY,
-        trace_id TEXT,
-        origin TEXT NOT NULL,
-        reasons TEXT NOT NULL,
-        cluster INTEGER,
-        cluster_name TEXT,
-        sample TEXT NOT NULL,
-        proposal TEXT,
-        proposed_by TEXT,
-        status TEXT NOT NULL DEFAULT 'pending',
-        label TEXT,
-        annotator TEXT,
-        reviewer TEXT,
-        comment TEXT,
-        version INTEGER NOT NULL DEFAULT 1,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS seed_status ON seed_queue(status);
+    """ + _queue_table("seed_queue", "seed_status") + """
     CREATE TABLE IF NOT EXISTS annotations (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         queue TEXT NOT NULL,
