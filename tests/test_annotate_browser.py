@@ -151,6 +151,19 @@ def test_label_with_the_keyboard_fix_what_the_rules_say_review_and_export(served
     assert [s.output for s in RelabelQueue(store).accepted_samples()] == [raw]  # what `tuneloop loop` reads
     assert dialogs == [] and page.errors == [] and reviewer.errors == []
 
+    # the next round: the cycle's traffic split and the project's gate put the reviewed row into train
+    from tuneloop.data.gate.round import run_gate
+    from tuneloop.data.io.formats import load_samples
+    from tuneloop.loop import Round
+    from tuneloop.loop_intake import traffic_split
+    from tuneloop.loop_traffic import CycleOptions
+
+    split = traffic_split(Round(project, CycleOptions(), say=lambda line: None))
+    assert split["counts"]["train"] == 1
+    result = run_gate(project, progress=False, tokenizer=None)
+    trained = [s for s in load_samples(result.round_dir / "train.jsonl") if s.meta.source == "traffic"]
+    assert [(s.output, s.meta.annotator, s.meta.reviewer) for s in trained] == [(raw, "ann", "rev")]
+
 
 PAYLOADS = ['<script>window.__xss="script"; alert(1)</script>',
             '<img src=x onerror="window.__xss=\'img\'; alert(2)">',

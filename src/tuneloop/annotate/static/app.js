@@ -62,7 +62,10 @@ async function loadList(keep) {
   const at = keep ? state.items.findIndex((i) => i.kind === keep.kind && i.id === keep.id) : -1;
   if (at >= 0) state.index = at;
   else if (state.items.length) await openAt(0);
-  else { state.index = -1; clear($("editor")).append(el("p", { class: "muted", text: "This queue is empty." })); }
+  else {
+    Object.assign(state, { index: -1, item: null, problems: [] });  // answers still in flight for the old item are stale
+    clear($("editor")).append(el("p", { class: "muted", text: "This queue is empty." }));
+  }
 }
 
 function renderFilters(facets) {
@@ -230,8 +233,10 @@ const schedulePreview = debounce(() => runPreview(), 400);
 async function runCheck() {
   if (!state.item) return;
   const seq = ++state.checkSeq;
-  const { status, data } = await api("POST", "/api/check", { kind: state.item.kind, id: state.item.id, form: readForm() });
-  if (seq !== state.checkSeq) return;  // a newer check is on its way
+  const item = state.item;
+  const { status, data } = await api("POST", "/api/check", { kind: item.kind, id: item.id, form: readForm() });
+  // a newer check is on its way, or the editor moved on (another item, an emptied queue): this answer is stale
+  if (seq !== state.checkSeq || state.item !== item || !$("problems")) return;
   if (status !== 200) return banner(data.detail || "the rule check failed", "error");
   showProblems(data.problems);
 }
@@ -265,7 +270,9 @@ function showProblems(problems) {
   const editor = $("editor");
   editor.querySelectorAll(".problem").forEach((n) => n.remove());
   editor.querySelectorAll(".has-problem").forEach((n) => n.classList.remove("has-problem"));
-  const list = clear($("problems"));
+  const box = $("problems");
+  if (!box) return;  // no editor on screen (an emptied queue): nothing to mark
+  const list = clear(box);
   for (const problem of problems) {
     const text = `${problem.field}: ${problem.message}${problem.fix ? "; " + problem.fix : ""}`;
     list.append(el("li", { text, dataset: { field: problem.field, rule: problem.rule } }));
