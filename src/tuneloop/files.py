@@ -232,7 +232,7 @@ def remove_dead_temps(folder: str | os.PathLike[str], name_pattern: str) -> None
         return
     for entry in entries:
         found = temp.fullmatch(entry.name)
-        if found is None or _alive(int(found.group(1))):
+        if found is None or pid_alive(int(found.group(1))):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
@@ -241,7 +241,8 @@ def remove_dead_temps(folder: str | os.PathLike[str], name_pattern: str) -> None
                 os.unlink(entry.path)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (ours counts as running; one we may not signal too)."""
     if pid == os.getpid() or os.name != "posix":  # os.kill(pid, 0) would terminate a process on Windows
         return True
     try:

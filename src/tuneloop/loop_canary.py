@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from tuneloop.files import read_json, write_json
+from tuneloop.files import pid_alive, read_json, write_json
 
 STARTUP_TIMEOUT_S = 600.0  # two models load on a CPU before the router answers
 STOP_GRACE_S = 15.0
@@ -79,23 +79,13 @@ def stop_canary(canary_file: Path) -> dict[str, Any]:
     """End the canary that `canary_file` names (if it still runs) and move the file to canary.stopped.json."""
     state = read_json(canary_file)
     pid = int(state["pid"])
-    was_running = _alive(pid) and _is_our_canary(pid, state)
+    was_running = pid_alive(pid) and _is_our_canary(pid, state)
     if was_running:
         _terminate(pid)
     state.update(stopped_at=time.time(), was_running=was_running)
     write_json(canary_file.with_name("canary.stopped.json"), state)
     canary_file.unlink()
     return state
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_our_canary(pid: int, state: dict[str, Any]) -> bool:
@@ -114,7 +104,7 @@ def _terminate(pid: int) -> None:
     while time.time() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if not _alive(pid):
+        if not pid_alive(pid):
             return
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
