@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tuneloop.files import atomic_dir, read_json, write_json
 from tuneloop.models import resolve_model
@@ -65,6 +65,34 @@ def start_point(model: str) -> StartPoint:
         return StartPoint(model, base, str(folder), str(tokenizer))
     path = resolve_model(model)
     return StartPoint(model, path, None, path)
+
+
+class RunStart(NamedTuple):
+    """What every alignment run sets up before its data: settings with defaults filled, where it starts from, the
+    seed set, and that start's tokenizer (with a chat template)."""
+
+    config: TrainConfig
+    align: AlignConfig
+    out: Path
+    cuda: bool
+    start: StartPoint
+    tokenizer: Any
+    started: float  # time.monotonic() at the start, for the run's timings
+
+
+def begin_run(model: str, out_dir: str | Path, settings: TrainConfig | None, align: AlignConfig | None) -> RunStart:
+    import torch
+    from transformers import AutoTokenizer, set_seed
+
+    from tuneloop.train.templates import ensure_chat_template
+
+    started = time.monotonic()
+    config, align = settings or TrainConfig(), align or AlignConfig()
+    start = start_point(model)
+    set_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(start.tokenizer_dir)
+    ensure_chat_template(tokenizer)
+    return RunStart(config, align, Path(out_dir), torch.cuda.is_available(), start, tokenizer, started)
 
 
 def load_policy(start: StartPoint, config: TrainConfig, derived: TrainSettings, cuda: bool) -> tuple[Any, Any, str]:

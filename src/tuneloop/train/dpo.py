@@ -20,8 +20,8 @@ from typing import Any
 from tuneloop.data.io.formats import write_quarantine
 from tuneloop.files import write_json
 from tuneloop.project import AlignConfig, TrainConfig
-from tuneloop.train.alignment import (align_settings, callbacks, finish_run, load_policy, restore_policy_adapter,
-                                     run_fingerprint, start_point, trainer_arguments)
+from tuneloop.train.alignment import (align_settings, begin_run, callbacks, finish_run, load_policy,
+                                     restore_policy_adapter, run_fingerprint, trainer_arguments)
 from tuneloop.train.checkpoints import TrainError, open_run_folder
 from tuneloop.train.config import Derived
 from tuneloop.train.prefs import PreferenceDataError, PreparedPairs, prepare_pairs
@@ -54,20 +54,12 @@ def train_dpo(train_file: str | Path, val_file: str | Path | None, out_dir: str 
               settings: TrainConfig | None = None, align: AlignConfig | None = None, default_system: str = "",
               resume: bool = True, progress: bool = True) -> RunResult:
     """DPO from `model` (an SFT run folder, an adapter folder or a model) on the pairs of `train_file`."""
-    import torch
-    from transformers import AutoTokenizer, PrinterCallback, set_seed
+    from transformers import PrinterCallback
     from trl import DPOConfig
 
-    from tuneloop.train.templates import ensure_chat_template, template_hash
+    from tuneloop.train.templates import template_hash
 
-    started = time.monotonic()
-    config, align = settings or TrainConfig(), align or AlignConfig()
-    out = Path(out_dir)
-    cuda = torch.cuda.is_available()
-    start = start_point(model)
-    set_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(start.tokenizer_dir)
-    ensure_chat_template(tokenizer)
+    config, align, out, cuda, start, tokenizer, started = begin_run(model, out_dir, settings, align)
     try:
         train = prepare_pairs(tokenizer, train_file, config.max_length, default_system)
         val = prepare_pairs(tokenizer, val_file, config.max_length, default_system) if val_file else None

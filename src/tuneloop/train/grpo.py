@@ -34,8 +34,8 @@ from tuneloop.data.io.formats import read_samples, write_quarantine
 from tuneloop.files import file_digest, write_json
 from tuneloop.project import AlignConfig, TrainConfig
 from tuneloop.records import QuarantinedRow, Sample, to_messages
-from tuneloop.train.alignment import (align_settings, callbacks, finish_run, load_policy, restore_policy_adapter,
-                                     run_fingerprint, start_point, trainer_arguments)
+from tuneloop.train.alignment import (align_settings, begin_run, callbacks, finish_run, load_policy,
+                                     restore_policy_adapter, run_fingerprint, trainer_arguments)
 from tuneloop.train.checkpoints import TrainError, open_run_folder
 from tuneloop.train.config import Derived
 from tuneloop.train.sft import RunResult
@@ -111,21 +111,13 @@ def train_grpo(train_file: str | Path, out_dir: str | Path, model: str,
                settings: TrainConfig | None = None, align: AlignConfig | None = None, default_system: str = "",
                schema: dict[str, Any] | None = None, resume: bool = True, progress: bool = True) -> RunResult:
     """GRPO from `model` (an SFT run folder, an adapter folder or a model) on the prompts of `train_file`."""
-    import torch
-    from transformers import AutoTokenizer, PrinterCallback, set_seed
+    from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from tuneloop.train.rewards import bound_rewards, configured_weights
-    from tuneloop.train.templates import end_of_turn_id, ensure_chat_template, template_hash
+    from tuneloop.train.templates import end_of_turn_id, template_hash
 
-    started = time.monotonic()
-    config, align = settings or TrainConfig(), align or AlignConfig()
-    out = Path(out_dir)
-    cuda = torch.cuda.is_available()
-    start = start_point(model)
-    set_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(start.tokenizer_dir)
-    ensure_chat_template(tokenizer)
+    config, align, out, cuda, start, tokenizer, started = begin_run(model, out_dir, settings, align)
     train_path = Path(train_file)
     if not train_path.exists():
         raise TrainError(f"{train_path}: no such data file; pass --train or run `tuneloop data gate` to make a round.")
