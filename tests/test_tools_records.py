@@ -4,7 +4,6 @@ the gate validating each call against its function and comparing calls by their 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,6 @@ WEATHER = {"name": "get_weather", "description": "Current weather in a city",
            "parameters": {"type": "object", "properties": {
                "city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"], "default": "c"}},
                "required": ["city"]}}
-GLAIVE = Path("/work/shared/fixtures/llamafactory-demo/glaive_toolcall_en_demo.json")
 
 
 def call_sample(output: str, **fields) -> Sample:
@@ -118,12 +116,11 @@ def test_alpaca_rows_with_tools_say_their_answer_is_a_call(tmp_path):
     assert again.model_dump() == chat.model_dump()
 
 
-@pytest.mark.skipif(not GLAIVE.exists(), reason="shared glaive fixture absent")
 @pytest.mark.parametrize("shape", ["sharegpt", "openai", "alpaca"])
-def test_glaive_demo_rows_round_trip_and_pass_the_gate(tmp_path, shape):
+def test_glaive_demo_rows_round_trip_and_pass_the_gate(tmp_path, shape, llamafactory_demo):
     from tuneloop.data.io.shapes import sharegpt_to_sample
 
-    rows = json.loads(GLAIVE.read_text(encoding="utf-8"))
+    rows = json.loads((llamafactory_demo / "glaive_toolcall_en_demo.json").read_text(encoding="utf-8"))
     samples = [sharegpt_to_sample(r) for r in rows]
     assert [s.extras["tools"] for s in samples] == [r["tools"] for r in rows]  # the stored form is glaive's own
     out = write_file(tmp_path / f"glaive.{shape}.jsonl", samples, shape)

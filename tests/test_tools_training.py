@@ -117,14 +117,11 @@ def test_a_client_sending_the_samples_messages_and_tools_gets_the_trained_prompt
         assert served == prompt_ids(tokenizer, sample)
 
 
-def test_llamafactory_glaive_demo_rows_render_and_encode(tokenizer):
-    from pathlib import Path
+def test_llamafactory_glaive_demo_rows_render_and_encode(tokenizer, llamafactory_demo):
 
     from tuneloop.data.io.shapes import sharegpt_to_sample
 
-    path = Path("/work/shared/fixtures/llamafactory-demo/glaive_toolcall_en_demo.json")
-    if not path.exists():
-        pytest.skip("shared glaive fixture absent")
+    path = llamafactory_demo / "glaive_toolcall_en_demo.json"
     samples = [sharegpt_to_sample(row) for row in json.loads(path.read_text(encoding="utf-8"))[:60]]
     for sample in samples:
         rows = encode_sample(tokenizer, sample, 8192)
