@@ -140,15 +140,14 @@ def matmul_peak_tflops() -> float:
 def gpu_table(args) -> int:
     work = work_folder(args.work, "tl-gpu-bench-")
     peak = matmul_peak_tflops()
-    rows, failed = [], False
+    rows, matches, failed = [], [], False
     for shape in args.shapes.split(","):
         method, steps, count, cases = GPU_CASES[shape]
         model = build_random_model(shape, work / f"model-{shape}", device="cuda")
         total, matmul_n = parameter_count(shape, method)
         train = write_samples(work / f"train-{shape}.jsonl", count, (20, 120), seed=1)
-        for case in cases:
-            if args.cases and case not in args.cases.split(","):
-                continue
+        shape_rows = []
+        for case in args.cases.split(",") if args.cases else cases:  # any case name runs, in the order given
             more = {"out_dir": Path(args.out_dir)} if args.out_dir and case.startswith("tuneloop") else {}
             result = run_case(case, str(model), train, work, method, steps, 8192, args.warmup, **more)
             result.update(shape=shape, method=method, params=total, matmul_params=matmul_n)
@@ -159,14 +158,36 @@ def gpu_table(args) -> int:
                 result["minus_weights_gib"] = round(result["peak_gib"] - result["weights_gib"], 2)
             failed |= "error" in result
             rows.append(result)
+            shape_rows.append(result)
             print(json.dumps(result), flush=True)
             if args.json:
-                Path(args.json).write_text(json.dumps({"peak_tflops": peak, "rows": rows}, indent=1))
-    table = markdown(rows, peak)
+                Path(args.json).write_text(json.dumps({"peak_tflops": peak, "rows": rows, "loss_match": matches}, indent=1))
+        match = loss_match(shape_rows)
+        if match:
+            match["shape"] = shape
+            matches.append(match)
+            print(json.dumps(match), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"peak_tflops": peak, "rows": rows, "loss_match": matches}, indent=1))
+    table = markdown(rows, peak) + "".join(
+        f"\n{m['shape']}: engine vs `--engine trl`, same data and seed, {m['steps']} steps: largest relative loss gap "
+        f"{m['largest_relative_gap']:.2e} (step {m['at_step']})\n" for m in matches)
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table)
     return 1 if failed else 0
+
+
+def loss_match(rows: list[dict]) -> dict | None:
+    """The engine's loss curve against tuneloop's TRL path (`tuneloop-trl`: same rows, bins and seed) per step."""
+    by_case = {r["case"]: r for r in rows if "error" not in r}
+    engine, trl = by_case.get("tuneloop"), by_case.get("tuneloop-trl") or by_case.get("tuneloop+trl")
+    if not engine or not trl:
+        return None
+    gaps = [abs(a - b) / abs(b) for a, b in zip(engine["losses"], trl["losses"])]
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    return {"steps": len(gaps), "largest_relative_gap": gaps[worst], "at_step": worst + 1,
+            "final_losses": {"tuneloop": engine["losses"][-1], "tuneloop-trl": trl["losses"][-1]}}
 
 
 def markdown(rows: list[dict], peak: float) -> str:
