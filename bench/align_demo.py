@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="Best-of-N candidates per prompt.")
     parser.add_argument("--size", type=int, default=600, help="Rows of the demo project (its test set is a tenth).")
     parser.add_argument("--sft-steps", type=int, default=None, help="SFT optimizer steps (default: 3 epochs).")
-    parser.add_argument("--dpo-steps", type=int, default=None, help="DPO optimizer steps (default: 1 epoch).")
+    parser.add_argument("--dpo-steps", type=int, default=None, help="DPO optimizer steps (default: --dpo-epochs).")
+    parser.add_argument("--dpo-epochs", type=float, default=1, help="DPO passes over the pairs (align.epochs).")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-lr", type=float, default=None, help="DPO learning rate (default: align's rule).")
     parser.add_argument("--grpo-steps", type=int, default=0, help="Also run GRPO from the SFT run for this many "
@@ -91,7 +92,7 @@ def main() -> None:
              progress=False)
     timings["eval_sft_s"] = round(time.monotonic() - mark, 1)
 
-    align = AlignConfig(method="dpo", n=args.n, beta=args.beta, learning_rate=args.dpo_lr,
+    align = AlignConfig(method="dpo", n=args.n, beta=args.beta, learning_rate=args.dpo_lr, epochs=args.dpo_epochs,
                         max_steps=args.dpo_steps or (4 if args.quick else None))
     mark = time.monotonic()
     best, paths = run_best_of_n(load_samples(cold), str(sft.model_dir), work / "best-of-n", configured_weights(align),

@@ -251,3 +251,18 @@ def test_max_tokens_is_derived_from_the_longest_reference_answer_and_explained(t
     assert summary["max_tokens_reason"].startswith(f"longest reference answer {longest} tokens + margin")
     assert all(r["completion_tokens"] <= summary["max_tokens"]
                for r in map(json.loads, (tmp_path / "ev" / "results.jsonl").read_text().splitlines()))
+
+
+def test_max_samples_spreads_over_a_test_set_grouped_by_function(tmp_path):
+    from tuneloop.eval.runner import load_test_set
+
+    # a split writes each lineage group together: the first rows of this file are all one function
+    rows = [Sample(id=f"{fn}-{i}", instruction=f"call {fn} {i}", output="{}", lineage={"source_id": f"fn:{fn}"})
+            for fn in ("track_order", "get_weather", "book_table") for i in range(20)]
+    write_samples(tmp_path / "test.jsonl", rows)
+    samples, quarantined = load_test_set(tmp_path / "test.jsonl", tmp_path, 12)
+    assert quarantined == 0 and len(samples) == 12
+    assert {s.lineage.source_id for s in samples} == {"fn:track_order", "fn:get_weather", "fn:book_table"}
+    assert [s.id for s in samples] == [s.id for s in rows if s in samples]  # file order kept
+    again, _ = load_test_set(tmp_path / "test.jsonl", tmp_path, 12)
+    assert [s.id for s in again] == [s.id for s in samples]  # baseline and candidate see the same subset

@@ -121,7 +121,8 @@ def test_strict_weights_rank_bare_over_fenced_over_prose_over_truncated():
     cols["truncated"] = [False, False, False, True]
     totals = [s["total"] for s in score([BARE, FENCED, WRAPPED, TRUNCATED], weights, task_schema=SCHEMA, **cols)]
     assert totals[0] > totals[1] > totals[2] > totals[3]
-    assert totals[0] == sum(w for name, w in weights.items() if name not in ("refusal_correct", "not_truncated"))
+    # refusal_correct and not_truncated score 0 here; tool_call does not apply to a row without tools
+    assert totals[0] == sum(w for name, w in weights.items() if name not in ("refusal_correct", "not_truncated", "tool_call"))
 
 
 def test_strict_weights_rank_the_refusal_form_over_a_prose_refusal_over_complying_on_a_prompt_to_refuse():

@@ -183,7 +183,8 @@ class EvalConfig(Section):
         None, description="Longest answer generated (None: the longest reference answer + half again, at least 32).")
     batch_size: int = Field(16, description="Prompts per generation batch (local backend).")
     constrained: bool = Field(False, description="Also run with schema-constrained decoding.")
-    max_samples: int | None = Field(None, description="Evaluate at most this many test samples.")
+    max_samples: int | None = Field(None, description="Evaluate at most this many test samples, spread evenly "
+                                    "over the test file (every group represented).")
     seed: int = Field(0, description="Seed of generation (greedy decoding is deterministic regardless).")
     concurrency: int = Field(8, description="Requests in flight at once against an endpoint.")
     gate: EvalGate = Field(default_factory=EvalGate, description="What a candidate must reach to pass.")

@@ -51,7 +51,8 @@ class EvalError(ValueError):
 
 
 def load_test_set(test_file: str | Path, out_dir: Path, max_samples: int | None) -> tuple[list[Sample], int]:
-    """Test samples; rows that do not parse go to out_dir/quarantine.jsonl (never silently dropped)."""
+    """Test samples (`max_samples`: a spread subset); rows that do not parse go to out_dir/quarantine.jsonl
+    (never silently dropped)."""
     path = Path(test_file)
     if not path.exists():
         raise EvalError(f"{path}: no such test file; pass --test FILE or run `tuneloop data split` first.")
@@ -60,8 +61,20 @@ def load_test_set(test_file: str | Path, out_dir: Path, max_samples: int | None)
         write_quarantine(out_dir / "quarantine.jsonl", read.quarantined)
     if not read.samples:
         raise EvalError(f"{path}: no usable test samples ({len(read.quarantined)} rows quarantined, see {out_dir / 'quarantine.jsonl'}).")
-    samples = read.samples[:max_samples] if max_samples else read.samples
-    return samples, len(read.quarantined)
+    return spread_subset(read.samples, max_samples), len(read.quarantined)
+
+
+def spread_subset(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """At most `limit` samples spread evenly over the file, in file order: a test set grouped by lineage (by
+    function, by source) keeps every group represented, where its first rows would hold only the first groups.
+    Deterministic, so a baseline and a candidate are scored on the same samples.
+
+    >>> [s.id for s in spread_subset([Sample(id=str(i), instruction="q") for i in range(10)], 4)]
+    ['0', '2', '5', '7']
+    """
+    if not limit or limit >= len(samples):
+        return samples
+    return [samples[i * len(samples) // limit] for i in range(limit)]
 
 
 def slices(sample: Sample) -> dict[str, str]:

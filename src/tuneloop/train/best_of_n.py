@@ -39,7 +39,7 @@ from tuneloop.eval.metrics import canonical, score_answer
 from tuneloop.eval.runner import SampleValidators
 from tuneloop.llm_client import max_tokens_for
 from tuneloop.records import Lineage, Sample, content_hash, to_messages
-from tuneloop.train.rewards import score
+from tuneloop.train.rewards import sample_columns, score
 
 AUGMENT_TYPE = "rejection_sampling"
 
@@ -146,9 +146,9 @@ def judge_candidates(sample: Sample, generations: Sequence[Generation], weights:
     """Every candidate of one sample with its weighted rewards and eval's verdict."""
     reference = has_reference(sample)
     texts = [g.text for g in generations]
-    columns = {"output": [sample.output if reference else ""] * len(texts), "expected": [sample.expected] * len(texts),
-               "sample_type": [sample.sample_type] * len(texts), "output_schema": [sample.output_schema] * len(texts),
-               "truncated": [g.finish_reason == "length" for g in generations]}
+    columns = {name: [value] * len(texts) for name, value in sample_columns(sample).items()}
+    columns["output"] = [sample.output if reference else ""] * len(texts)
+    columns["truncated"] = [g.finish_reason == "length" for g in generations]
     scored = score(texts, weights, task_schema=task_schema, **columns)
     judged = sample if reference else sample.model_copy(update={"output": ""})
     candidates = []

@@ -1,7 +1,8 @@
 """GRPO, top to bottom: prompts → completion length from the data → rewards → TRL GRPOTrainer → run card.
 
 ```
-train.jsonl ─ prompts (chat without the answer) + columns the rewards read: output, expected, sample_type, output_schema
+train.jsonl ─ prompts (rendered as serving renders them, tools included) + the columns the rewards read
+            (rewards.sample_columns: output, expected, sample_type, output_schema, tools, answer_kind, turn_roles)
             └─ max_completion_length = longest reference answer in tokens × (1 + align.completion_margin)
                (align.max_completion_length when set; never TRL's own default); prompt + that over
                train.max_length ─▶ quarantine.jsonl
@@ -63,7 +64,8 @@ def prompt_rows(tokenizer: Any, samples: list[Sample], max_completion: int, max_
                 source_file: str) -> tuple[list[dict[str, Any]], list[QuarantinedRow]]:
     """GRPOTrainer's rows (the prompt as chat messages + the columns the rewards read) and the prompts that cannot
     fit max_length with a whole completion after them."""
-    from tuneloop.train.templates import prompt_ids
+    from tuneloop.train.rewards import sample_columns
+    from tuneloop.train.templates import prompt_ids, prompt_text
 
     rows, quarantined = [], []
     for number, sample in enumerate(samples, start=1):
@@ -74,27 +76,39 @@ def prompt_rows(tokenizer: Any, samples: list[Sample], max_completion: int, max_
                 reason=f"prompt {prompt_length} + max_completion_length {max_completion} tokens exceed max_length "
                        f"{max_length}; raise train.max_length (or --max-length) or shorten the prompt"))
             continue
-        schema = sample.output_schema
-        rows.append({"prompt": to_messages(sample, default_system, with_answer=False), "id": sample.id,
-                     "output": sample.output, "expected": sample.expected, "sample_type": sample.sample_type,
-                     # one column type for Arrow: an inline schema travels as JSON text (rewards parse it back)
-                     "output_schema": json.dumps(schema) if isinstance(schema, dict) else schema})
+        # the prompt as tuneloop renders it (with the sample's tools): TRL would render chat prompts without them
+        rows.append({"prompt": prompt_text(tokenizer, to_messages(sample, default_system, with_answer=False)),
+                     "id": sample.id, **sample_columns(sample)})
     return rows, quarantined
+
+
+def _grpo_trainer_class():
+    from trl import GRPOTrainer
+
+    class RenderedPromptGRPOTrainer(GRPOTrainer):
+        """TRL's GRPOTrainer over prompts tuneloop rendered itself (`templates.prompt_text`, the serving prompt with
+        the row's tools): tokenized as `prompt_ids` does, without special tokens added on top of the template's."""
+
+        def _tokenize_prompts(self, prompts: list):
+            ids = self.processing_class(text=list(prompts), add_special_tokens=False)["input_ids"]
+            return ids, None, {}
+
+    return RenderedPromptGRPOTrainer
 
 
 def constrained_rollout(schema: dict[str, Any] | None, temperature: float, max_tokens: int, end_of_turn: int):
     """TRL's `rollout_func`: one completion per prompt (the batch already repeats each prompt num_generations
     times) from tuneloop's decoder, constrained to the row's schema (the task's when the row has none)."""
     from tuneloop.decoding.engine import Engine, GenerationRequest
-    from tuneloop.train.templates import prompt_ids
 
-    def rollout(prompts: list[list[dict[str, str]]], trainer: Any) -> dict[str, Any]:
+    def rollout(prompts: list[str], trainer: Any) -> dict[str, Any]:
         model = trainer.accelerator.unwrap_model(trainer.model)
         engine = Engine(model, trainer.processing_class)
         response_format = ({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
                            if schema else {"type": "json_object"})
-        requests = [GenerationRequest(prompt_ids(trainer.processing_class, p), max_tokens=max_tokens,
-                                      temperature=temperature, response_format=response_format) for p in prompts]
+        encoded = trainer.processing_class(text=list(prompts), add_special_tokens=False)["input_ids"]
+        requests = [GenerationRequest(list(ids), max_tokens=max_tokens, temperature=temperature,
+                                      response_format=response_format) for ids in encoded]
         was_training = model.training
         model.eval()  # no dropout while sampling; the loss pass runs in train mode again
         try:
@@ -112,7 +126,7 @@ def train_grpo(train_file: str | Path, out_dir: str | Path, model: str,
                schema: dict[str, Any] | None = None, resume: bool = True, progress: bool = True) -> RunResult:
     """GRPO from `model` (an SFT run folder, an adapter folder or a model) on the prompts of `train_file`."""
     from transformers import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     from tuneloop.train.rewards import bound_rewards, configured_weights
     from tuneloop.train.templates import end_of_turn_id, template_hash
@@ -178,10 +192,11 @@ def train_grpo(train_file: str | Path, out_dir: str | Path, model: str,
     functions, function_weights = bound_rewards(weights, schema, stops)
     args.reward_weights = function_weights
     rollout = constrained_rollout(schema, align.temperature, budget, end) if align.constrained_rollouts else None
-    trainer = GRPOTrainer(model=policy, reward_funcs=functions, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout,
-                          callbacks=callbacks(out, progress, False, config.early_stopping_patience,
-                                              GRPO_METRICS + tuple(f"rewards/{n}/mean" for n in weights)))
+    trainer = _grpo_trainer_class()(
+        model=policy, reward_funcs=functions, args=args, train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout,
+        callbacks=callbacks(out, progress, False, config.early_stopping_patience,
+                            GRPO_METRICS + tuple(f"rewards/{n}/mean" for n in weights)))
     trainer.remove_callback(PrinterCallback)
     restore_policy_adapter(trainer.model, resume_from)
     train_started = time.monotonic()

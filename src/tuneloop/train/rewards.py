@@ -38,8 +38,9 @@ Reward = Callable[..., list[float | None]]
 PRESETS: dict[str, dict[str, float]] = {
     # every check; the length penalty weighs as much as parsing, and refusing right more than the format of the
     # answer, so a prose refusal of an out-of-scope prompt outranks a well-formed answer that should not exist
+    # (tool_call scores only rows with `tools`: a call's function, arguments' schema and values, or abstaining)
     "strict": {"json_parses": 1.0, "schema_valid": 1.0, "required_fields": 0.5, "no_noise": 0.5,
-               "field_agreement": 1.0, "refusal_correct": 2.0, "not_truncated": 1.0},
+               "field_agreement": 1.0, "refusal_correct": 2.0, "not_truncated": 1.0, "tool_call": 1.0},
     # the practice's own example in one reward: 1.0 / 0.5 / -1.0 / -0.5
     "practice": {"practice": 1.0},
     # only the format: parse, schema, noise and length, for prompts without reference answers
@@ -83,6 +84,24 @@ class Row:
     @property
     def checks_schema(self) -> bool:
         return self.schema is not None and not self.must_refuse
+
+
+def sample_columns(sample: Any) -> dict[str, Any]:
+    """The columns the rewards read, from one sample (best-of-N repeats them per candidate; GRPO's dataset holds
+    them per prompt). Schemas and tools travel as JSON text, so every row of an Arrow column has one type.
+
+    >>> from tuneloop.records import Sample
+    >>> columns = sample_columns(Sample(instruction="Weather in Oslo?", output='{"name": "weather", "arguments": {}}',
+    ...                                 tools=[{"name": "weather", "parameters": {"type": "object"}}]))
+    >>> columns["tools"], columns["expected"]
+    ('[{"name": "weather", "parameters": {"type": "object"}}]', 'answer')
+    """
+    extras = sample.model_extra or {}
+    schema, tools = sample.output_schema, extras.get("tools")
+    return {"output": sample.output, "expected": sample.expected, "sample_type": sample.sample_type,
+            "output_schema": json.dumps(schema) if isinstance(schema, dict) else schema,
+            "tools": tools if tools is None or isinstance(tools, str) else json.dumps(tools, ensure_ascii=False),
+            "answer_kind": extras.get("answer_kind"), "turn_roles": extras.get("turn_roles")}
 
 
 def _column(columns: Mapping[str, Any], name: str, index: int) -> Any:

@@ -43,7 +43,8 @@ def demo_config() -> ProjectConfig:
                  "split": {"val": 0.1, "test": 0.2, "group_by": "lineage.source_id", "seed": 1}},
         "train": {"max_length": 640, "effective_batch": 8, "per_device_batch": 8, "epochs": 2, "eval_steps": 20,
                   "lora_rank": 16, "learning_rate": 1e-3},
-        "eval": {"max_new_tokens": 96, "max_samples": 60},
+        # the whole test set: every unseen function, and the power to tell an argument match from chance
+        "eval": {"max_new_tokens": 96},
     })
 
 
