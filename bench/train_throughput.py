@@ -32,6 +32,7 @@ GPU_CASES = {  # shape, method, steps, rows, cases (TRL's best stock for 7B need
 }
 # A tuneloop case is `tuneloop` plus `+`-joined modifiers: `gc` (train.gradient_checkpointing), `nocompile`,
 # `trl` (--engine trl), `budget=G` (train.memory_budget_gib), `mb=N` (N packed bins per micro-step and step),
+# `precision=P` (train.cpu_precision: auto | fp32 | bf16),
 # `profile` (torch.profiler over the last 3 steps, left out of tokens/s), and the engine's measurement knobs
 # (runtime.bench_knob: keep=S, recompute=layers|partitioner, loss=chunked, liger_chunk_mib=M, expandable=0).
 PROFILE_STEPS = 3
@@ -68,6 +69,8 @@ def run_tuneloop(case: str, model: str, train: Path, work: Path, method: str, st
             extra["memory_budget_gib"] = float(value)
         elif key == "mb":
             batch = int(value)
+        elif key == "precision":  # train.cpu_precision: auto | fp32 | bf16
+            extra["cpu_precision"] = value
         elif key == "nocompile":
             command += ["--compile", "off"]
         elif key == "profile":
@@ -77,6 +80,13 @@ def run_tuneloop(case: str, model: str, train: Path, work: Path, method: str, st
             knobs.append(part)
     if project is not None:
         command += ["--project", str(project)]
+        if extra:  # the project's train settings with these changed (--config replaces the project's train section)
+            import yaml
+
+            section = (yaml.safe_load((project / "tuneloop.yaml").read_text()) or {}).get("train") or {}
+            config = work / f"{out.name}.yaml"
+            config.write_text(json.dumps({"train": {**section, **extra}}))
+            command += ["--config", str(config)]
     else:
         config = work / f"{out.name}.yaml"
         config.write_text(json.dumps({"train": {"max_length": max_length, "per_device_batch": batch,
@@ -228,15 +238,30 @@ def cpu_compare(args) -> int:
         result = run_case(name, model, train, work, args.method, args.steps, args.max_length, args.warmup, project=project)
         result["load_after"] = [round(x, 2) for x in os.getloadavg()]
         results.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("losses", "engine")}), flush=True)
+        shown = {k: v for k, v in result.items() if k not in ("losses", "engine")}
+        shown["precision"] = (result.get("engine") or {}).get("cpu_precision")
+        print(json.dumps(shown), flush=True)
     good = [r for r in results if "error" not in r]
-    if len(good) == 2:
-        before, after = good
-        gaps = [abs(a - b) / b for a, b in zip(after["losses"], before["losses"])]
-        print(json.dumps({"speedup": round(after["tokens_per_s"] / before["tokens_per_s"], 2),
-                          "largest_relative_loss_gap": round(max(gaps), 4), "final_losses": [before["losses"][-1], after["losses"][-1]],
-                          "steps": len(gaps), "load": os.getloadavg()}))
+    summary = cpu_summary(good)
+    if summary:
+        print(json.dumps({**summary, "load": os.getloadavg()}))
     return 0 if len(good) == len(results) else 1
+
+
+def cpu_summary(results: list[dict]) -> dict | None:
+    """Mean tokens/s per case over the (alternated) runs, the last case against the first, and the largest relative
+    loss gap between any run of the two at the same step."""
+    cases = list(dict.fromkeys(r["case"] for r in results))
+    if len(cases) != 2:
+        return None
+    runs = {case: [r for r in results if r["case"] == case] for case in cases}
+    mean = {case: sum(r["tokens_per_s"] for r in rows) / len(rows) for case, rows in runs.items()}
+    before, after = cases
+    gaps = [abs(a - b) / b for x in runs[after] for y in runs[before] for a, b in zip(x["losses"], y["losses"])]
+    return {"tokens_per_s": {case: [r["tokens_per_s"] for r in rows] for case, rows in runs.items()},
+            "speedup": round(mean[after] / mean[before], 2), "largest_relative_loss_gap": round(max(gaps), 4),
+            "final_losses": {case: [r["losses"][-1] for r in rows] for case, rows in runs.items()},
+            "steps": min(len(r["losses"]) for r in results)}
 
 
 def main() -> None:

@@ -55,10 +55,16 @@ class RunResult:
         return self.run.get("suggested_learning_rate")
 
 
+LATER_DEFAULTS = {"cpu_precision": "auto"}  # TrainConfig fields added after runs existed, with their defaults
+
+
 def fingerprint(model_path: str, config: TrainConfig, train: PreparedSplit, val: PreparedSplit | None,
                 default_system: str) -> str:
-    """What makes two runs the same run: model, settings, data bytes, system prompt."""
-    return content_hash(model_path, config.model_dump(), train.sha256, val.sha256 if val else None, default_system)
+    """What makes two runs the same run: model, settings, data bytes, system prompt.
+
+    Settings added after runs existed are left out while at their default, so those runs still resume."""
+    settings = config.model_dump(exclude={k for k, v in LATER_DEFAULTS.items() if getattr(config, k) == v})
+    return content_hash(model_path, settings, train.sha256, val.sha256 if val else None, default_system)
 
 
 def hardware() -> dict[str, Any]:
@@ -177,7 +183,8 @@ def _build_engine(model_path: str, tokenizer: Any, config: TrainConfig, derived:
         model = get_peft_model(model, LoraConfig(r=derived.lora_rank, lora_alpha=derived.lora_alpha,
                                                  lora_dropout=config.lora_dropout, target_modules=derived.lora_targets,
                                                  task_type="CAUSAL_LM", bias="none"))
-    runtime = prepare_runtime(model, cuda, config.compile, keep=keep, random_layers=random_layers, reason=why)
+    runtime = prepare_runtime(model, cuda, config.compile, keep=keep, random_layers=random_layers, reason=why,
+                              cpu_precision=config.cpu_precision, tokens=derived.per_device_batch * config.max_length)
     model.to(runtime.device)
     # a compiled step sees one shape: every micro-batch is padded to per_device_batch bins of max_length
     pad_to = derived.per_device_batch * config.max_length if runtime.compiled else None

@@ -3,7 +3,9 @@
 Choices, each measured (docs/benchmarks.md, "Training"):
 - CPU threads = the cores in this process's affinity mask (a container or `taskset` gives fewer than
   `os.cpu_count()`), one inter-op thread, so OpenMP never runs more threads than cores.
-- CPU precision fp32: bf16 autocast was measured slower on CPUs without bf16 matrix units (see the benchmark).
+- CPU precision by measurement at run start (`engine.precision`, `train.cpu_precision: auto|fp32|bf16`): bf16
+  autocast where the CPU's bf16 products are clearly faster (AMX), fp32 elsewhere; under bf16, attention stays fp32.
+- CPU LoRA dropout: one mask per distinct input of a decoder layer (`engine.dropout`), 4 masks per layer, not 7.
 - GPU: bf16 weights and autocast; attention through `flex_attention` with a per-document BlockMask (blocks
   across documents are skipped, not masked), each decoder layer compiled with `torch.compile` (switch: train.compile);
   the caching allocator grows segments in place (`expandable_segments`), so reserved memory stays near what is used.
@@ -23,8 +25,7 @@ from typing import Any
 import torch
 
 from tuneloop.train.engine.batches import MicroBatch
-
-CPU_AUTOCAST_BF16 = os.environ.get("TUNELOOP_CPU_BF16", "0") == "1"  # measurement knob for the benchmark only
+from tuneloop.train.engine.precision import CpuPrecision
 
 
 def bench_knob(name: str, default: str) -> str:
@@ -73,34 +74,43 @@ class Runtime:
     compiled: bool
     threads: int | None
     recompute: Recompute = field(default_factory=Recompute)
+    cpu_precision: CpuPrecision | None = None
+    fp32_attention: bool = False     # attention outside bf16 autocast (CPU)
+    shared_dropout: int = 0          # LoRA modules whose dropout shares one mask per distinct input (CPU)
+
+    @property
+    def bf16(self) -> bool:
+        return self.device.type == "cuda" or (self.cpu_precision is not None and self.cpu_precision.dtype == "bf16")
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=CPU_AUTOCAST_BF16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def describe(self) -> dict[str, Any]:
+        attention = "flex_attention (document BlockMask)" if self.flex else "sdpa (position_ids restart)"
         info = {"engine": "tuneloop", "device": self.device.type,
-                "attention": "flex_attention (document BlockMask)" if self.flex else "sdpa (position_ids restart)",
+                "attention": attention + (", fp32 under bf16 autocast" if self.fp32_attention else ""),
                 "compiled": self.compiled, "cpu_threads": self.threads,
-                "precision": "bf16" if self.device.type == "cuda" or CPU_AUTOCAST_BF16 else "fp32",
+                "precision": "bf16" if self.bf16 else "fp32",
                 "recompute": self.recompute.describe()}
+        if self.cpu_precision is not None:
+            info["cpu_precision"] = self.cpu_precision.describe()
+        if self.shared_dropout:
+            info["lora_dropout"] = f"one mask per distinct layer input ({self.shared_dropout} LoRA modules)"
         if self.device.type == "cuda":
             info["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
         return info
 
 
 def prepare_runtime(model: Any, cuda: bool, compile_mode: str, keep: float = 1.0, random_layers: bool = False,
-                    reason: str = "") -> Runtime:
+                    reason: str = "", cpu_precision: str = "auto", tokens: int = 1024) -> Runtime:
     """Set attention, compilation and activation recompute on `model` (the decoder inside a PEFT wrapper).
 
     `keep` is the share of activations to keep (1: recompute nothing, 0: every layer checkpointed);
-    `random_layers` says the layers draw random numbers in training (LoRA dropout).
+    `random_layers` says the layers draw random numbers in training (LoRA dropout); on the CPU,
+    `cpu_precision` (auto | fp32 | bf16) is chosen at `tokens` tokens per micro-step.
     """
     if not cuda:
-        runtime = Runtime(torch.device("cpu"), flex=False, compiled=False, threads=set_cpu_threads())
-        runtime.recompute = apply_recompute(model, keep, compiled=False, random_layers=random_layers, reason=reason)
-        return runtime
+        return prepare_cpu_runtime(model, keep, random_layers, reason, cpu_precision, tokens)
     if bench_knob("expandable", "1") == "1":
         # one private entry point or the other, by torch version (the older one warns on newer torch)
         settings = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
@@ -115,6 +125,22 @@ def prepare_runtime(model: Any, cuda: bool, compile_mode: str, keep: float = 1.0
         for layer in decoder_of(model).layers:
             layer.compile(dynamic=False)
     return Runtime(device, flex=flex, compiled=compiled, threads=None, recompute=recompute)
+
+
+def prepare_cpu_runtime(model: Any, keep: float, random_layers: bool, reason: str, cpu_precision: str,
+                        tokens: int) -> Runtime:
+    from tuneloop.train.engine.dropout import share_lora_dropout
+    from tuneloop.train.engine.precision import choose_cpu_precision, use_fp32_attention
+
+    threads = set_cpu_threads()
+    precision = choose_cpu_precision(cpu_precision, tokens, decoder_of(model).config.hidden_size)
+    runtime = Runtime(torch.device("cpu"), flex=False, compiled=False, threads=threads, cpu_precision=precision)
+    if runtime.bf16:
+        use_fp32_attention(model)
+        runtime.fp32_attention = True
+    runtime.shared_dropout = share_lora_dropout(model, decoder_of(model).layers)
+    runtime.recompute = apply_recompute(model, keep, compiled=False, random_layers=random_layers, reason=reason)
+    return runtime
 
 
 def apply_recompute(model: Any, keep: float, compiled: bool, random_layers: bool, reason: str = "") -> Recompute:
