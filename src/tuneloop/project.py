@@ -126,6 +126,12 @@ class TrainConfig(Section):
                                                "(the reference; multi-GPU runs use TRL).")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the decoder layers "
                                                   "(auto: on a GPU with flex_attention, off on CPU).")
+    tool_format: Literal["auto", "template", "json_block", "hermes"] = Field(
+        "auto", description="How tools and calls are written in the prompt: template (the model's own chat template) | "
+                            "json_block (functions as JSON in the system message, a call as bare JSON) | hermes "
+                            "(<tools> / <tool_call> / <tool_response>, read by vLLM's hermes parser) | auto (template "
+                            "when the model's template renders tools, else json_block); saved in the trained model's "
+                            "chat template.")
     cpu_precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="CPU training precision of the "
                                                            "tuneloop engine (auto: bf16 autocast where the CPU's bf16 "
                                                            "products measure clearly faster, as with AMX; else fp32).")

@@ -7,8 +7,10 @@ the gate accepts is a call eval scores and the server decodes.
 tools     [{"type": "function", "function": F}, ...] or [F, ...] or their JSON text ──normalize_tools──▶ [F, ...]
           F = {"name": str, "description": str, "parameters": JSON Schema of the arguments object}
           stored on a Sample as the extra field `tools`: tools_text([F, ...]) (JSON text, the bare form)
-call      {"name": str, "arguments": {...}}; an answer of calls is one call or a JSON list of calls (its text)
+call      {"name": str, "arguments": {...}}; an answer of calls is one call or a JSON list of calls (its text), or
+          <tool_call> blocks of one call each (the hermes format)
           ──parse_calls──▶ [call, ...] | None   (arguments given as JSON text are decoded)
+          ──call_text(calls, format)──▶ the answer as a model writes it in the json_block or hermes format
           ──canonical_calls──▶ one text per set of calls (keys sorted, 1.0 == 1): what dedup and leakage compare
           ──call_problems(calls, tools)──▶ ["unknown function 'x'", "get_weather: unit: 'K' is not one of ..."]
 ```
@@ -17,6 +19,7 @@ call      {"name": str, "arguments": {...}}; an answer of calls is one call or a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,14 +52,27 @@ def _call(value: Any) -> dict[str, Any] | None:
     return {"name": value["name"], "arguments": arguments}
 
 
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)  # the hermes format's call
+
+
 def parse_calls(text: str | Any) -> list[dict[str, Any]] | None:
-    """The calls an answer holds: one `{"name", "arguments"}` object or a list of them; None when it holds none.
+    """The calls an answer holds: one `{"name", "arguments"}` object or a list of them (json_block), or
+    `<tool_call>` blocks holding them (hermes, Qwen2.5), with nothing but whitespace around the blocks; None when
+    it holds none.
 
     >>> parse_calls('{"name": "f", "arguments": "{\\\\"a\\\\": 1}"}')
     [{'name': 'f', 'arguments': {'a': 1}}]
+    >>> parse_calls('<tool_call>\\n{"name": "f", "arguments": {}}\\n</tool_call>\\n<tool_call>\\n{"name": "g"}\\n</tool_call>')
+    [{'name': 'f', 'arguments': {}}, {'name': 'g', 'arguments': {}}]
     >>> parse_calls("It is sunny.") is None
     True
     """
+    if isinstance(text, str) and "<tool_call>" in text:
+        blocks = TOOL_CALL_BLOCK.findall(text)
+        if not blocks or TOOL_CALL_BLOCK.sub("", text).strip():
+            return None
+        groups = [parse_calls(block) for block in blocks]
+        return [c for group in groups for c in group] if all(g is not None for g in groups) else None  # type: ignore[union-attr]
     value = text
     if isinstance(text, str):
         try:
@@ -93,14 +109,24 @@ def canonical_calls(calls: Sequence[Mapping[str, Any]]) -> str:
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def call_text(calls: Sequence[Mapping[str, Any]]) -> str:
-    """How a model writes calls when its template has no tool syntax (the `json_block` format): one call as an object,
-    several as a list, keys in the order given.
+def call_text(calls: Sequence[Mapping[str, Any]], fmt: str = "json_block") -> str:
+    """How a model writes calls in a tuneloop tool format (train.templates renders the same text in its Jinja
+    preludes): json_block, one call as an object and several as a list, keys in the order given; hermes, each call
+    in its own <tool_call> block.
 
     >>> call_text([{"name": "f", "arguments": {"a": 1}}])
     '{"name": "f", "arguments": {"a": 1}}'
+    >>> print(call_text([{"name": "f", "arguments": {}}, {"name": "g", "arguments": {}}], "hermes"))
+    <tool_call>
+    {"name": "f", "arguments": {}}
+    </tool_call>
+    <tool_call>
+    {"name": "g", "arguments": {}}
+    </tool_call>
     """
     items = [{"name": c["name"], "arguments": c.get("arguments", {})} for c in calls]
+    if fmt == "hermes":
+        return "\n".join(f"<tool_call>\n{json.dumps(item, ensure_ascii=False)}\n</tool_call>" for item in items)
     return json.dumps(items[0] if len(items) == 1 else items, ensure_ascii=False)
 
 

@@ -29,18 +29,18 @@ from typing import Any
 
 from tuneloop.records import Sample
 from tuneloop.tools import (
-    ToolError, answers_with_calls, by_name, call_problems, parse_calls, sample_calls, sample_tools,
+    TOOL_CALL_BLOCK, ToolError, answers_with_calls, by_name, call_problems, parse_calls, sample_calls, sample_tools,
 )
 
 TOOL_METRICS = ("tool_call_made", "tool_abstained", "tool_call_parsed", "tool_call_valid", "tool_name_ok",
                 "tool_args_exact", "tool_args_ast")
-_TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _NO_DEFAULT = object()
 
 
 def answer_calls(raw: str) -> tuple[list[dict[str, Any]] | None, bool]:
     """(the calls an answer holds, whether it tries to call at all): a JSON call or list of calls (json_block), or
-    `<tool_call>` blocks (templates with Hermes-style syntax: Qwen2.5, Hermes).
+    `<tool_call>` blocks (the hermes format, Qwen2.5); text beside the blocks is content, as vLLM's hermes parser
+    reads it.
 
     >>> answer_calls('<tool_call>\\n{"name": "f", "arguments": {"a": 1}}\\n</tool_call>')
     ([{'name': 'f', 'arguments': {'a': 1}}], True)
@@ -50,7 +50,7 @@ def answer_calls(raw: str) -> tuple[list[dict[str, Any]] | None, bool]:
     (None, False)
     """
     text = raw.strip()
-    blocks = _TOOL_CALL_TAG.findall(text)
+    blocks = TOOL_CALL_BLOCK.findall(text)
     if blocks:
         calls = [parse_calls(block) for block in blocks]
         if all(c is not None for c in calls):

@@ -76,17 +76,23 @@ def _template_source(folder: Path) -> str | None:
 
 
 def tool_call_parser(model: str | Path) -> str | None:
-    """The vLLM tool parser matching a model's family, or None when its template has no tool syntax (vLLM would
-    parse nothing: such a model calls through tuneloop's json_block format, served by the embedded server).
+    """The vLLM tool parser for a model: `hermes` for one trained in tuneloop's hermes format (its saved template
+    carries the format), else its family's parser, or None when its template has no tool syntax or carries the
+    json_block format (no vLLM parser reads bare JSON calls: such a model calls through the embedded server).
 
     >>> tool_call_parser("Qwen/Qwen2.5-7B-Instruct"), tool_call_parser("HuggingFaceTB/SmolLM2-135M-Instruct")
     ('hermes', None)
     """
+    from tuneloop.train.templates import split_tool_format
+
     folder = Path(model)
     names = [str(model).lower()]
     template = _template_source(folder)
     if template is not None:
-        if "tools" not in template:
+        carried, own = split_tool_format(template)
+        if carried is not None:
+            return "hermes" if carried == "hermes" else None
+        if "tools" not in own:
             return None
         config = folder / "config.json"
         if config.exists():

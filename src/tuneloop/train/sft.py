@@ -55,7 +55,8 @@ class RunResult:
         return self.run.get("suggested_learning_rate")
 
 
-LATER_DEFAULTS = {"cpu_precision": "auto"}  # TrainConfig fields added after runs existed, with their defaults
+# TrainConfig fields added after runs existed, with their defaults
+LATER_DEFAULTS = {"cpu_precision": "auto", "tool_format": "auto"}
 
 
 def fingerprint(model_path: str, config: TrainConfig, train: PreparedSplit, val: PreparedSplit | None,
@@ -127,11 +128,12 @@ def train_sft(train_file: str | Path, val_file: str | Path | None, out_dir: str 
 
     from transformers import AutoTokenizer, set_seed
 
-    from tuneloop.train.templates import ensure_chat_template, template_hash
+    from tuneloop.train.templates import ensure_chat_template, template_hash, use_tool_format
 
     set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     ensure_chat_template(tokenizer)
+    use_tool_format(tokenizer, config.tool_format, model)  # into the template saved with the model (templates.py)
     train, val = prepare_data(tokenizer, train_file, val_file, config, default_system)
     derived = derive_settings(config, len(train.batches), len(train.rows), world, cuda)
     run_fingerprint = fingerprint(model_path, config, train, val, default_system)

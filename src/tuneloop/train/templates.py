@@ -10,15 +10,24 @@ train (`tokenize.encode_sample`), export (`parity`, `merge`), serve (`server.enc
 (`backends.LocalBackend.render`) call `prompt_text` / `prompt_ids`; `export.parity` checks the training rows against
 the serving path. A template hash lets an export or an eval record which template produced its prompts.
 
-Tools (a `records.Chat`'s `.tools`, or `tools=` from a request) are rendered one of two ways, picked by the template:
+Tools (a `records.Chat`'s `.tools`, or `tools=` from a request) always go through `apply_chat_template(tools=...)`,
+in one of three formats (`train.tool_format` in tuneloop.yaml; `auto` picks `template` when the template renders
+tools, else `json_block`):
 ```
-template     the template renders tools itself (its source mentions `tools`: Qwen2.5, Llama 3.1, Hermes, ...):
-             apply_chat_template(messages, tools=[{"type": "function", "function": F}]), calls as tool_calls
-json_block   a template without tool syntax (ChatML, SmolLM2, the test model): the functions as a JSON block at the
-             end of the system message (TOOL_BLOCK), a call as the assistant text {"name": ..., "arguments": {...}}
-             (tools.call_text), a tool result as a user turn <tool_response>...</tool_response>
+template     the model's own template renders tools (its source mentions `tools`: Qwen2.5, Llama 3.1, Hermes, ...)
+json_block   the functions as a JSON list in a <tools> block at the end of the system message, a call
+             as the assistant text {"name": ..., "arguments": {...}} (a JSON list for several: tools.call_text),
+             a tool result as a user turn <tool_response>...</tool_response>
+hermes       the Hermes / Qwen2.5 convention vLLM's `hermes` parser reads: "# Tools" and the functions in
+             <tools></tools> in the system message, each call as <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>,
+             a run of tool results as one user turn of <tool_response> blocks
 ```
-The choice depends on the tokenizer alone, so training, export, eval and serving of one model render alike.
+json_block and hermes are Jinja preludes (`tool_formats/*.jinja`) put in front of the model's own template: they
+rewrite the messages (tools into the system turn, calls into assistant text, results into user turns) and hand them
+to it. Training writes the prelude into the tokenizer's chat template (`use_tool_format`), so the template saved with
+the adapter, the merged export and its chat_template.jinja carries the format: eval, `tuneloop serve`, vLLM and
+plain transformers render what training rendered. A tokenizer whose template has neither tool syntax nor a prelude
+(a base model before training) gets the json_block prelude at render time, as `auto` would train it.
 This module imports no pydantic at import time (records only when handed a Sample): eval's backends import it,
 and the GPU benchmark runs them on a bare torch + transformers machine.
 """
@@ -27,6 +36,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from tuneloop.models import CHATML_TEMPLATE
@@ -70,15 +82,92 @@ def as_ids(rendered: Any) -> list[int]:
     return [int(t) for t in rendered]
 
 
-TOOL_BLOCK = ("You can call these functions. To call one, answer with only a JSON object "
-              '{{"name": <function name>, "arguments": <arguments object>}} (a JSON list of them for several calls); '
-              "otherwise answer in text.\n<tools>\n{tools}\n</tools>")
-TOOL_FORMATS = ("template", "json_block")
+TOOL_FORMATS = ("auto", "template", "json_block", "hermes")  # train.tool_format
+FALLBACK_FORMATS = ("json_block", "hermes")  # the formats tuneloop renders through a prelude of its own
+_PRELUDE_DIR = Path(__file__).with_name("tool_formats")
+_PRELUDE_START = re.compile(r"\A\{#- tuneloop tool format: (\w+)")
+_PRELUDE_END = "{#- end of tuneloop tool format #}"
+
+
+@lru_cache(maxsize=None)
+def tool_prelude(fmt: str) -> str:
+    """The Jinja prelude of a fallback format (`tool_formats/<fmt>.jinja`), ending with its end marker."""
+    if fmt not in FALLBACK_FORMATS:
+        raise ValueError(f"{fmt!r} has no prelude; the fallback formats are {', '.join(FALLBACK_FORMATS)}")
+    return (_PRELUDE_DIR / f"{fmt}.jinja").read_text(encoding="utf-8").rstrip("\n")
+
+
+def _template_source(template: Any) -> str:
+    if isinstance(template, dict):  # named templates (default, tool_use): any of them may render tools
+        return "\n".join(str(t) for t in template.values())
+    return template or ""
+
+
+def split_tool_format(template: Any) -> tuple[str | None, str]:
+    """(the fallback format a chat template carries, the model's own template after its prelude).
+
+    >>> split_tool_format(with_tool_format("{{ messages }}", "hermes"))
+    ('hermes', '{{ messages }}')
+    >>> split_tool_format("{{ messages }}")
+    (None, '{{ messages }}')
+    """
+    source = _template_source(template)
+    found = _PRELUDE_START.match(source)
+    if found is None or _PRELUDE_END not in source:
+        return None, source
+    return found.group(1), source.split(_PRELUDE_END, 1)[1]
+
+
+def renders_tools(template: Any) -> bool:
+    """Whether a chat template (its prelude included) shows `tools` to the model."""
+    return "tools" in _template_source(template)
+
+
+def with_tool_format(template: str, fmt: str) -> str:
+    """The model's own template (any earlier prelude dropped) behind the prelude of `fmt`."""
+    return tool_prelude(fmt) + split_tool_format(template)[1]
 
 
 def tool_format(tokenizer: Any) -> str:
-    """`template` when the tokenizer's chat template renders tools itself, else `json_block` (see the docstring)."""
-    return "template" if "tools" in (getattr(tokenizer, "chat_template", None) or "") else "json_block"
+    """How this tokenizer renders tools: the fallback its template carries, `template` when its own template renders
+    them, else `json_block` (applied at render time, see the module docstring)."""
+    carried, own = split_tool_format(getattr(tokenizer, "chat_template", None))
+    return carried or ("template" if renders_tools(own) else "json_block")
+
+
+def use_tool_format(tokenizer: Any, setting: str = "auto", model: str = "the model") -> str:
+    """Put `train.tool_format` into the tokenizer's chat template (training saves it with the model); the format.
+
+    `auto` keeps a format the template already carries (a model trained by tuneloop), else picks `template` or
+    `json_block`; `template` on a template without tool syntax is a TemplateError naming the fix.
+    """
+    if setting not in TOOL_FORMATS:
+        raise TemplateError(f"train.tool_format: {setting!r} is not one of {' | '.join(TOOL_FORMATS)}.")
+    carried, own = split_tool_format(tokenizer.chat_template)
+    if setting == "auto":
+        setting = carried or ("template" if renders_tools(own) else "json_block")
+    if setting == "template" and not renders_tools(own):
+        raise TemplateError(f"train.tool_format is template, but {model}'s chat template has no tool syntax (it never "
+                            "mentions `tools`): set train.tool_format to json_block or hermes (or auto) in tuneloop.yaml.")
+
+    def fit(template: str) -> str:
+        return split_tool_format(template)[1] if setting == "template" else with_tool_format(template, setting)
+
+    template = tokenizer.chat_template
+    # named templates (default, tool_use) each get the format: transformers picks one of them by the request
+    tokenizer.chat_template = {name: fit(t) for name, t in template.items()} if isinstance(template, dict) else fit(template)
+    return setting
+
+
+def _render_template(tokenizer: Any) -> str | None:
+    """The template to render a tool chat with: None (the tokenizer's own, which renders tools or carries its
+    prelude), or the json_block prelude in front of a template without tool syntax (`auto`'s choice)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if renders_tools(template):
+        return None
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()))
+    return with_tool_format(template, "json_block")
 
 
 def prompt_messages(prompt: Prompt, default_system: str = "") -> Messages:
@@ -99,36 +188,12 @@ def _wire_arguments(arguments: Any) -> Any:
     return arguments
 
 
-def _json_block(messages: Messages, tools: list[dict[str, Any]] | None) -> Messages:
-    from tuneloop.tools import call_text
-
-    out: Messages = []
-    for message in messages:
-        if message.get("role") == "assistant" and message.get("tool_calls"):
-            calls = [c.get("function", c) for c in message["tool_calls"]]
-            calls = [{"name": c.get("name"), "arguments": _wire_arguments(c.get("arguments", {}))} for c in calls]
-            out.append({"role": "assistant", "content": call_text(calls)})
-        elif message.get("role") in ("tool", "function"):
-            out.append({"role": "user", "content": f"<tool_response>\n{message.get('content') or ''}\n</tool_response>"})
-        else:
-            out.append({"role": message["role"], "content": message.get("content") or ""})
-    if tools:
-        block = TOOL_BLOCK.format(tools=json.dumps(list(tools), ensure_ascii=False))
-        if out and out[0]["role"] == "system":
-            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{block}"}
-        else:
-            out.insert(0, {"role": "system", "content": block})
-    return out
-
-
 def _renderable(tokenizer: Any, messages: Messages, tools: list[dict[str, Any]] | None) -> tuple[Messages, dict]:
     """Messages (and apply_chat_template's extra arguments) as this tokenizer's template takes a tool chat."""
     tools = tools if tools is not None else getattr(messages, "tools", None)
     tooled = tools or any(m.get("tool_calls") or m.get("role") in ("tool", "function") for m in messages)
     if not tooled:
         return messages, {}
-    if tool_format(tokenizer) == "json_block":
-        return _json_block(messages, tools), {}
     from tuneloop.tools import openai_tools
 
     shaped = []
@@ -138,7 +203,11 @@ def _renderable(tokenizer: Any, messages: Messages, tools: list[dict[str, Any]] 
                      if isinstance(c.get("function"), dict) else c for c in message["tool_calls"]]
             message = {**message, "tool_calls": calls}
         shaped.append(message)
-    return shaped, ({"tools": openai_tools(tools)} if tools else {})
+    extra: dict[str, Any] = {"tools": openai_tools(tools)} if tools else {}
+    template = _render_template(tokenizer)
+    if template is not None:
+        extra["chat_template"] = template
+    return shaped, extra
 
 
 def render(tokenizer: Any, messages: Messages, tools: list[dict[str, Any]] | None = None, **kwargs: Any) -> Any:
@@ -162,13 +231,14 @@ def prompt_ids(tokenizer: Any, prompt: Prompt, default_system: str = "",
 
 def answer_text(tokenizer: Any, sample: Sample) -> str:
     """What the model writes for a sample's answer outside its template's own tool syntax: the output, or a tool
-    call as `json_block` writes it."""
-    if tool_format(tokenizer) == "json_block":
+    call as the json_block or hermes format writes it."""
+    fmt = tool_format(tokenizer)
+    if fmt in FALLBACK_FORMATS:
         from tuneloop.tools import call_text, sample_calls
 
         calls = sample_calls(sample)
         if calls is not None:
-            return call_text(calls)
+            return call_text(calls, fmt)
     return sample.output
 
 
