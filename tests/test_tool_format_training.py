@@ -81,3 +81,20 @@ def test_training_in_the_template_format_on_a_template_without_tools_stops_with_
     assert result.returncode != 0 and not (tmp_path / "run" / "adapter").exists()
     assert "chat template has no tool syntax" in result.stderr + result.stdout
     assert "set train.tool_format to json_block or hermes" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "auto"])
+def test_alignment_renders_in_the_format_of_its_start_or_its_setting(tiny_model_dir, tmp_path, fmt):
+    from tuneloop.project import TrainConfig
+    from tuneloop.train.alignment import begin_run
+
+    start = tmp_path / "sft-export"
+    trained = AutoTokenizer.from_pretrained(tiny_model_dir)
+    use_tool_format(trained, "hermes")  # a model an SFT run trained in hermes
+    trained.save_pretrained(str(start))
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        if (tiny_model_dir / name).exists():
+            (start / name).write_bytes((tiny_model_dir / name).read_bytes())
+    assert tool_format(begin_run(str(start), tmp_path / "dpo", TrainConfig(tool_format=fmt), None).tokenizer) == "hermes"
+    base = begin_run(str(tiny_model_dir), tmp_path / "dpo2", TrainConfig(tool_format=fmt), None).tokenizer
+    assert tool_format(base) == ("hermes" if fmt == "hermes" else "json_block")

@@ -84,7 +84,7 @@ def begin_run(model: str, out_dir: str | Path, settings: TrainConfig | None, ali
     import torch
     from transformers import AutoTokenizer, set_seed
 
-    from tuneloop.train.templates import ensure_chat_template
+    from tuneloop.train.templates import ensure_chat_template, use_tool_format
 
     started = time.monotonic()
     config, align = settings or TrainConfig(), align or AlignConfig()
@@ -92,6 +92,7 @@ def begin_run(model: str, out_dir: str | Path, settings: TrainConfig | None, ali
     set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(start.tokenizer_dir)
     ensure_chat_template(tokenizer)
+    use_tool_format(tokenizer, config.tool_format, model)  # auto keeps the format an SFT run saved
     return RunStart(config, align, Path(out_dir), torch.cuda.is_available(), start, tokenizer, started)
 
 
