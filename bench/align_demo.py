@@ -9,7 +9,8 @@ Steps, each through tuneloop's own functions (what `tuneloop run` with `align.me
   1. `tuneloop init --example json-extraction` + the data gate: train/val/test, the test set unseen by both models
   2. SFT on the first --rows train rows (cold start)                      → eval on test   (the baseline)
   3. best-of-N (N = --n) with the SFT model on the same prompts: failing candidates become `rejected` against the
-     reference answer; DPO from the SFT run on those pairs                 → eval on test   (the candidate)
+     reference answer; the same on --val-prompts val prompts (DPO's val pairs: early stopping, best checkpoint);
+     DPO from the SFT run on those pairs                                   → eval on test   (the candidate)
   (--grpo-steps N: GRPO from the same SFT run on the same prompts for N steps; its rewards and cut share are printed)
   4. `eval.compare.compare_evals`: strict JSON parse rate (json_valid) and noise (clean), McNemar p-values; the
      prefix-noise rate ("Here is the JSON:") is paired the same way with `eval.stats.compare_binary`.
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=None, help="SFT optimizer steps (default: 3 epochs).")
     parser.add_argument("--dpo-steps", type=int, default=None, help="DPO optimizer steps (default: --dpo-epochs).")
     parser.add_argument("--dpo-epochs", type=float, default=1, help="DPO passes over the pairs (align.epochs).")
+    parser.add_argument("--val-prompts", type=int, default=32, help="Val prompts sampled for DPO's val pairs "
+                        "(early stopping and the best checkpoint; `tuneloop run` samples every val prompt).")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-lr", type=float, default=None, help="DPO learning rate (default: align's rule).")
     parser.add_argument("--grpo-steps", type=int, default=0, help="Also run GRPO from the SFT run for this many "
@@ -99,12 +102,16 @@ def main() -> None:
                                 schema, n=align.n, temperature=align.sample_temperature, default_system=system,
                                 progress=False)
     counts = best.counts()
+    val_rows = load_samples(round_dir / "val.jsonl")[: 4 if args.quick else args.val_prompts]
+    _, val_paths = run_best_of_n(val_rows, str(sft.model_dir), work / "best-of-n-val", configured_weights(align),
+                                 schema, n=align.n, temperature=align.sample_temperature, default_system=system,
+                                 progress=False)
     timings["best_of_n_s"] = round(time.monotonic() - mark, 1)
     if not counts["dpo_pairs"]:
         print(f"best-of-{align.n}: no candidate failed ({counts}); nothing for DPO to learn from", file=sys.stderr)
         raise SystemExit(1)
     mark = time.monotonic()
-    dpo = train_dpo(paths["samples"], round_dir / "val.jsonl", work / "runs" / "dpo", str(sft.out_dir), settings,
+    dpo = train_dpo(paths["samples"], val_paths["samples"], work / "runs" / "dpo", str(sft.out_dir), settings,
                     align, system, progress=False)
     timings["dpo_s"] = round(time.monotonic() - mark, 1)
     mark = time.monotonic()
@@ -143,7 +150,8 @@ def main() -> None:
     lines = [f"model {Path(model).name if args.tiny else model}; SFT on {len(train_rows)} rows "
              f"({sft.run['steps']} steps); best-of-{align.n} on the same prompts → {counts['dpo_pairs']} pairs "
              f"(of {counts['samples']} prompts); DPO beta {align.beta}, {dpo.run['steps']} steps "
-             f"(lr {dpo.settings.learning_rate:g}); test set {comparison['modes']['unconstrained']['n']} unseen samples",
+             f"(lr {dpo.settings.learning_rate:g}; best val loss {dpo.run.get('best_val_loss')} at step "
+             f"{dpo.run.get('best_step')}, the weights evaluated); test set {comparison['modes']['unconstrained']['n']} unseen samples",
              "", "| metric (test set) | SFT | SFT + best-of-N + DPO | samples better / worse | McNemar p |",
              "|---|---|---|---|---|",
              row("strict JSON parse rate (json_valid)", metrics.get("json_valid")),

@@ -52,3 +52,8 @@ def test_a_round_with_dpo_evaluates_and_merges_the_dpo_model(tmp_path, tiny_mode
     results = read_json(Path(round_.outputs["eval after"]["eval_dir"]) / "summary.json")
     assert results["model"] == dpo["adapter_dir"]
     assert any(line.startswith("[best-of-n]") and "pairs from 16 prompts" in line for line in lines)
+    # DPO's early stopping is judged on the SFT model's own failures on the val prompts, not only the data's negatives
+    best = round_.outputs["best-of-n"]
+    assert best["val_counts"]["samples"] == 8 and best["val_counts"]["dpo_pairs"] > 0
+    val_data = read_json(Path(dpo["run_dir"]) / "config.json")["data"]["val"]
+    assert val_data["file"] == best["val_samples_file"] and val_data["pairs"] > 0

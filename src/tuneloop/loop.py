@@ -6,8 +6,8 @@
  gate           data.sources + data.*                              round_dir                   data gate
  baseline eval  test.jsonl + model + eval.* + system               eval_dir
  train          train.jsonl + val.jsonl + model + train.* + system run_dir, adapter_dir
- best-of-n      train.jsonl + SFT adapter + align.* + schema       best_of_n_dir (pairs)        (only align.method: dpo)
- dpo            pairs + val.jsonl + SFT run + train.*, align.*     run_dir, adapter_dir         (only align.method: dpo)
+ best-of-n      train.jsonl + val.jsonl + SFT adapter + align.*    best_of_n_dir (pairs; val/)  (only align.method: dpo)
+ dpo            pairs + val pairs + SFT run + train.*, align.*     run_dir, adapter_dir         (only align.method: dpo)
  eval after     test.jsonl + adapter (DPO's when it ran) + eval.*  eval_dir
  compare        baseline + candidate results.jsonl + eval.gate     compare_dir, verdict        eval gate
  merge          adapter                                            export_dir, report          merge gate
@@ -278,7 +278,7 @@ def baseline_eval(round_: Round) -> dict[str, Any]:
 
     return {"eval_dir": str(round_.baseline_dir), "summary": run_eval(
         round_.model, round_.round_dir / "test.jsonl", round_.baseline_dir, round_.schema,
-        round_.eval_settings, default_system=round_.system)}
+        round_.eval_settings, default_system=round_.system, tool_format=round_.train_settings.tool_format)}
 
 
 def train(round_: Round) -> dict[str, Any]:
@@ -299,19 +299,30 @@ def best_of_n(round_: Round) -> dict[str, Any]:
     from tuneloop.train.best_of_n import run_best_of_n
     from tuneloop.train.rewards import configured_weights
 
-    align, samples = round_.align_settings, load_samples(round_.round_dir / "train.jsonl")
+    align = round_.align_settings
+    samples = load_samples(round_.round_dir / "train.jsonl")
+    val_file = round_.round_dir / "val.jsonl"
+    val_samples = load_samples(val_file) if val_file.exists() else []
     if round_.options.quick:
-        samples = samples[:16]
-    result, paths = run_best_of_n(samples, str(round_.outputs["train"]["adapter_dir"]), round_.best_of_n_dir,
-                                  configured_weights(align), round_.schema, n=align.n,
-                                  temperature=align.sample_temperature, max_new_tokens=align.sample_max_new_tokens,
-                                  default_system=round_.system, seed=round_.train_settings.seed)
+        samples, val_samples = samples[:16], val_samples[:8]
+
+    def sample(rows: list[Any], out: Path) -> tuple[Any, dict[str, Path]]:
+        return run_best_of_n(rows, str(round_.outputs["train"]["adapter_dir"]), out, configured_weights(align),
+                             round_.schema, n=align.n, temperature=align.sample_temperature,
+                             max_new_tokens=align.sample_max_new_tokens, default_system=round_.system,
+                             seed=round_.train_settings.seed)
+
+    result, paths = sample(samples, round_.best_of_n_dir)
+    # the val prompts too: DPO's early stopping and best checkpoint are then judged on the SFT model's own
+    # failures on unseen prompts, the kind of pair it trains on (the data's negatives alone are another kind)
+    val = sample(val_samples, round_.best_of_n_dir / "val") if val_samples else None
     return {"best_of_n_dir": str(round_.best_of_n_dir), "samples_file": str(paths["samples"]),
-            "counts": result.counts()}
+            "counts": result.counts(), "val_samples_file": str(val[1]["samples"]) if val else None,
+            "val_counts": val[0].counts() if val else None}
 
 
 def dpo(round_: Round) -> dict[str, Any]:
-    """DPO from the SFT run on the best-of-N pairs (val pairs, when the round's val has any, for early stopping).
+    """DPO from the SFT run on the best-of-N pairs; early stopping on the best-of-N pairs of the val prompts.
     With no pair at all (no candidate failed), the SFT model goes on unchanged and the stage says so."""
     from tuneloop.train.dpo import train_dpo
 
@@ -319,7 +330,8 @@ def dpo(round_: Round) -> dict[str, Any]:
     if not counts.get("dpo_pairs"):
         return {**train_outputs, "pairs": 0, "note": "no best-of-N candidate failed: nothing to prefer against, "
                                                      "the SFT model goes on"}
-    result = train_dpo(round_.outputs["best-of-n"]["samples_file"], round_.round_dir / "val.jsonl",
+    result = train_dpo(round_.outputs["best-of-n"]["samples_file"],
+                       round_.outputs["best-of-n"].get("val_samples_file") or round_.round_dir / "val.jsonl",
                        round_.dpo_run_dir, model=train_outputs["run_dir"], settings=round_.train_settings,
                        align=round_.align_settings, default_system=round_.system, resume=True, progress=True)
     return {"run_dir": str(round_.dpo_run_dir), "adapter_dir": str(result.model_dir), "pairs": result.run["pairs"],
@@ -332,7 +344,7 @@ def eval_after(round_: Round) -> dict[str, Any]:
 
     return {"eval_dir": str(round_.candidate_dir), "summary": run_eval(
         str(round_.adapter_dir), round_.round_dir / "test.jsonl", round_.candidate_dir, round_.schema,
-        round_.eval_settings, default_system=round_.system)}
+        round_.eval_settings, default_system=round_.system, tool_format=round_.train_settings.tool_format)}
 
 
 def compare(round_: Round) -> dict[str, Any]:
@@ -364,11 +376,13 @@ ROUND_STAGES: list[Stage] = [
           baseline_eval),
     Stage("train", lambda r: Inputs([r.round_dir / "train.jsonl", r.round_dir / "val.jsonl"],
                                     [r.model, r.train_settings.model_dump(mode="json"), r.system]), train),
-    Stage("best-of-n", lambda r: Inputs([r.round_dir / "train.jsonl", Path(r.outputs["train"]["adapter_dir"])],
+    Stage("best-of-n", lambda r: Inputs([r.round_dir / "train.jsonl", r.round_dir / "val.jsonl",
+                                         Path(r.outputs["train"]["adapter_dir"])],
                                         [r.align_settings.model_dump(mode="json"), r.schema, r.system,
                                          r.options.quick]), best_of_n, may_skip=True,
           done_line=lambda o: f"{o['counts']['dpo_pairs']} pairs from {o['counts']['samples']} prompts"),
-    Stage("dpo", lambda r: Inputs([Path(r.outputs["best-of-n"]["samples_file"]), r.round_dir / "val.jsonl",
+    Stage("dpo", lambda r: Inputs([Path(r.outputs["best-of-n"]["samples_file"]),
+                                   Path(r.outputs["best-of-n"].get("val_samples_file") or r.round_dir / "val.jsonl"),
                                    Path(r.outputs["train"]["adapter_dir"])],
                                   [r.train_settings.model_dump(mode="json"), r.align_settings.model_dump(mode="json"),
                                    r.system]), dpo, may_skip=True),
