@@ -3,6 +3,7 @@ format in the adapter's chat template, the merged export keeps it, and eval, ser
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,24 @@ def test_alignment_renders_in_the_format_of_its_start_or_its_setting(tiny_model_
     assert tool_format(begin_run(str(start), tmp_path / "dpo", TrainConfig(tool_format=fmt), None).tokenizer) == "hermes"
     base = begin_run(str(tiny_model_dir), tmp_path / "dpo2", TrainConfig(tool_format=fmt), None).tokenizer
     assert tool_format(base) == ("hermes" if fmt == "hermes" else "json_block")
+
+
+def test_a_base_model_is_evaluated_in_the_projects_tool_format(tiny_model_dir, tmp_path):
+    """The baseline (a base model: no format in its template) renders tools as the trained model will: a hermes
+    project's before/after compares one prompt, not json_block before and hermes after."""
+    from tuneloop.eval.runner import run_eval
+    from tuneloop.project import EvalConfig
+
+    test = write_samples(tmp_path / "test.jsonl", tool_rows()[:2])
+    hashes = {}
+    for fmt in ("auto", "hermes"):
+        run_eval(str(tiny_model_dir), test, tmp_path / fmt, None, EvalConfig(max_new_tokens=4), progress=False,
+                 tool_format=fmt)
+        hashes[fmt] = [json.loads(line)["template_hash"] for line in (tmp_path / fmt / "results.jsonl").open()]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    use_tool_format(tokenizer, "hermes")
+    from tuneloop.records import content_hash, to_messages
+    from tuneloop.train.templates import prompt_text
+
+    expected = [content_hash(prompt_text(tokenizer, to_messages(s, "", with_answer=False))) for s in tool_rows()[:2]]
+    assert hashes["hermes"] == expected and hashes["auto"] != expected

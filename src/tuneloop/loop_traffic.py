@@ -66,9 +66,11 @@ def eval_traffic(round_: Round) -> dict[str, Any]:
         return {"n": 0, "note": "no relabeled traffic is held out yet (too few groups for loop.holdout)"}
     gate = round_.config.eval.gate
     current, candidate, compare_dir = (_traffic_eval_dir(round_, k) for k in ("current", "candidate", "compare"))
-    run_eval(round_.model, holdout, current, round_.schema, round_.eval_settings, default_system=round_.system)
+    tool_format = round_.train_settings.tool_format
+    run_eval(round_.model, holdout, current, round_.schema, round_.eval_settings, default_system=round_.system,
+             tool_format=tool_format)
     run_eval(str(round_.adapter_dir), holdout, candidate, round_.schema, round_.eval_settings,
-             default_system=round_.system)
+             default_system=round_.system, tool_format=tool_format)
     comparison = compare_evals(current, candidate, compare_dir, alpha=gate.alpha)
     verdict = round_verdict(comparison, gate.mode, gate.alpha)
     outputs = {"n": n, "compare_dir": str(compare_dir), "verdict": verdict, "slice": failing_slice(comparison,

@@ -97,7 +97,8 @@ def run(
                                task_schema, default_system, length=8)
         out = project.evals_dir / f"{label}-{run_key}"
     summary = run_eval(model, test, out, task_schema, settings, default_system=default_system, endpoint=target,
-                       progress=not quiet, fresh=fresh)
+                       progress=not quiet, fresh=fresh,
+                       tool_format=project.config.train.tool_format if project else "auto")
     console.print(_rates_table(summary["modes"]))
     console.print(f"{summary['samples']} samples → {out}/results.jsonl, report: {out}/report.html "
                   f"(max_tokens {summary['max_tokens']}: {summary['max_tokens_reason']})", highlight=False)

@@ -172,7 +172,8 @@ class _Answers:
 
 def generate_all(samples: list[Sample], model: str, schema: dict[str, Any] | None, settings: EvalConfig,
                  default_system: str, endpoint: str | dict[str, Any] | None, out: Path, progress: bool,
-                 fresh: bool = False) -> tuple[list[tuple[str, Sample, Generation, str, str | None]], dict[str, Any]]:
+                 fresh: bool = False, tool_format: str = "auto",
+                 ) -> tuple[list[tuple[str, Sample, Generation, str, str | None]], dict[str, Any]]:
     """(mode, sample, generation, prompt_hash, template_hash) for every sample in every mode asked for, and what ran.
 
     Answers are journaled in out/answers.jsonl as they arrive; a rerun with the same model, settings and prompts
@@ -189,14 +190,20 @@ def generate_all(samples: list[Sample], model: str, schema: dict[str, Any] | Non
     else:
         from tuneloop.models import load_causal_lm
 
+        from tuneloop.train.templates import use_tool_format
+
         lm, tokenizer = load_causal_lm(model)
+        # the project's train.tool_format: a base model's prompts then show tools as the trained model's do (a
+        # trained model carries its format in its template, which `auto` keeps)
+        use_tool_format(tokenizer, tool_format, model)
         budget, reason = answer_budget(samples, settings,
                                        lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
         local = LocalBackend(lm, tokenizer, batch_size=settings.batch_size, max_new_tokens=budget, seed=settings.seed)
         rendered = [local.render(messages) for messages in conversations]
         template_hashes = [content_hash(text) for text in rendered]
         lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-        identity = {"model": model_fingerprint(model), "batch_size": settings.batch_size}
+        identity = {"model": model_fingerprint(model), "batch_size": settings.batch_size,
+                    **({"tool_format": tool_format} if tool_format != "auto" else {})}  # auto: keys as before
     key = content_hash(identity, budget, settings.seed, schema, length=24)
     answers = _Answers(Journal(out / "answers.jsonl", key, fresh=fresh), samples, prompt_hashes)
     resumed = sum(len(samples) - len(answers.todo(mode)) for mode in modes)
@@ -226,7 +233,7 @@ def generate_all(samples: list[Sample], model: str, schema: dict[str, Any] | Non
 
 def run_eval(model: str, test_file: str | Path, out_dir: str | Path, schema: dict[str, Any] | None,
              settings: EvalConfig, default_system: str = "", endpoint: str | dict[str, Any] | None = None,
-             progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+             progress: bool = True, fresh: bool = False, tool_format: str = "auto") -> dict[str, Any]:
     """Evaluate `model` (default, a model/export folder, a run adapter folder) or an endpoint on a test file.
 
     A rerun into the same out_dir resumes: answers (and judge verdicts) already journaled there are reused, unless
@@ -241,7 +248,8 @@ def run_eval(model: str, test_file: str | Path, out_dir: str | Path, schema: dic
     validators = SampleValidators(schema)
     label = (endpoint if isinstance(endpoint, str) else (endpoint or {}).get("model")) if endpoint else str(model)
     started = time.time()
-    rows, ran = generate_all(samples, str(model), schema, settings, default_system, endpoint, out, progress, fresh)
+    rows, ran = generate_all(samples, str(model), schema, settings, default_system, endpoint, out, progress, fresh,
+                             tool_format)
     results = [
         EvalResult(
             sample_id=sample.id, model=str(label), prompt_hash=prompt_hash, template_hash=template_hash,
