@@ -186,7 +186,7 @@ def _build_engine(model_path: str, tokenizer: Any, config: TrainConfig, derived:
                                                  lora_dropout=config.lora_dropout, target_modules=derived.lora_targets,
                                                  task_type="CAUSAL_LM", bias="none"))
     runtime = prepare_runtime(model, cuda, config.compile, keep=keep, random_layers=random_layers, reason=why,
-                              cpu_precision=config.cpu_precision, tokens=derived.per_device_batch * config.max_length)
+                              cpu_precision=config.cpu_precision)
     model.to(runtime.device)
     # a compiled step sees one shape: every micro-batch is padded to per_device_batch bins of max_length
     pad_to = derived.per_device_batch * config.max_length if runtime.compiled else None

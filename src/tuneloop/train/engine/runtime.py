@@ -3,8 +3,8 @@
 Choices, each measured (docs/benchmarks.md, "Training"):
 - CPU threads = the cores in this process's affinity mask (a container or `taskset` gives fewer than
   `os.cpu_count()`), one inter-op thread, so OpenMP never runs more threads than cores.
-- CPU precision by measurement at run start (`engine.precision`, `train.cpu_precision: auto|fp32|bf16`): bf16
-  autocast where the CPU's bf16 products are clearly faster (AMX), fp32 elsewhere; under bf16, attention stays fp32.
+- CPU precision fp32 (`train.cpu_precision: auto|fp32|bf16`, `engine.precision`): bf16 autocast measured slower
+  per whole step on an AMX CPU and 3-6 % off TRL's loss; under `bf16`, attention stays fp32.
 - CPU LoRA dropout: one mask per distinct input of a decoder layer (`engine.dropout`), 4 masks per layer, not 7.
 - GPU: bf16 weights and autocast; attention through `flex_attention` with a per-document BlockMask (blocks
   across documents are skipped, not masked), each decoder layer compiled with `torch.compile` (switch: train.compile);
@@ -102,15 +102,15 @@ class Runtime:
 
 
 def prepare_runtime(model: Any, cuda: bool, compile_mode: str, keep: float = 1.0, random_layers: bool = False,
-                    reason: str = "", cpu_precision: str = "auto", tokens: int = 1024) -> Runtime:
+                    reason: str = "", cpu_precision: str = "auto") -> Runtime:
     """Set attention, compilation and activation recompute on `model` (the decoder inside a PEFT wrapper).
 
     `keep` is the share of activations to keep (1: recompute nothing, 0: every layer checkpointed);
     `random_layers` says the layers draw random numbers in training (LoRA dropout); on the CPU,
-    `cpu_precision` (auto | fp32 | bf16) is chosen at `tokens` tokens per micro-step.
+    `cpu_precision` (auto | fp32 | bf16) is the CPU's precision (`engine.precision`).
     """
     if not cuda:
-        return prepare_cpu_runtime(model, keep, random_layers, reason, cpu_precision, tokens)
+        return prepare_cpu_runtime(model, keep, random_layers, reason, cpu_precision)
     if bench_knob("expandable", "1") == "1":
         # one private entry point or the other, by torch version (the older one warns on newer torch)
         settings = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
@@ -127,13 +127,12 @@ def prepare_runtime(model: Any, cuda: bool, compile_mode: str, keep: float = 1.0
     return Runtime(device, flex=flex, compiled=compiled, threads=None, recompute=recompute)
 
 
-def prepare_cpu_runtime(model: Any, keep: float, random_layers: bool, reason: str, cpu_precision: str,
-                        tokens: int) -> Runtime:
+def prepare_cpu_runtime(model: Any, keep: float, random_layers: bool, reason: str, cpu_precision: str) -> Runtime:
     from tuneloop.train.engine.dropout import share_lora_dropout
     from tuneloop.train.engine.precision import choose_cpu_precision, use_fp32_attention
 
     threads = set_cpu_threads()
-    precision = choose_cpu_precision(cpu_precision, tokens, decoder_of(model).config.hidden_size)
+    precision = choose_cpu_precision(cpu_precision)
     runtime = Runtime(torch.device("cpu"), flex=False, compiled=False, threads=threads, cpu_precision=precision)
     if runtime.bf16:
         use_fp32_attention(model)
