@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from tests.test_tools_training import CALL, MULTI, WEATHER, answer_of
 from tuneloop.eval.tool_metrics import answer_calls
-from tuneloop.models import default_model_dir
+from tuneloop.models import pull_default
 from tuneloop.records import Sample, to_messages
 from tuneloop.serve.tool_calls import plan_tools, read_calls
 from tuneloop.serve.vllm import VLLMSettings, build_command, tool_call_parser
@@ -82,10 +82,8 @@ def tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    folder = default_model_dir()
-    if not (folder / "tokenizer.json").exists():
-        pytest.skip(f"{folder} is absent: run `tuneloop models pull default` once")
-    return AutoTokenizer.from_pretrained(str(folder))
+    # the embedded default converts offline (once, then cached): these checks never skip for want of it
+    return AutoTokenizer.from_pretrained(str(pull_default()))
 
 
 def full_text(tokenizer, sample) -> str:
