@@ -46,6 +46,11 @@ def main() -> None:
                         "(early stopping and the best checkpoint; `tuneloop run` samples every val prompt).")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-lr", type=float, default=None, help="DPO learning rate (default: align's rule).")
+    parser.add_argument("--sft-weight", type=float, default=0.0, help="align.sft_weight: an SFT term on the chosen "
+                        "answer beside the DPO loss (0: DPO alone).")
+    parser.add_argument("--ld-alpha", type=float, default=None, help="align.ld_alpha (length desensitization).")
+    parser.add_argument("--sft-lr", type=float, default=None, help="Cold-start SFT learning rate (default: the "
+                        "demo's train.learning_rate).")
     parser.add_argument("--grpo-steps", type=int, default=0, help="Also run GRPO from the SFT run for this many "
                         "steps on the same prompts and report its rewards and cut completions (0: not run).")
     parser.add_argument("--quick", action="store_true", help="A few steps and test samples (the tiny smoke).")
@@ -83,6 +88,7 @@ def main() -> None:
     train_rows = [s for s in load_samples(round_dir / "train.jsonl") if s.sample_type != "negative"][: args.rows]
     cold = write_samples(work / "cold-start.jsonl", [s.model_copy(update={"rejected": None}) for s in train_rows])
     settings = config.train.model_copy(update={"max_steps": args.sft_steps or (4 if args.quick else None),
+                                               "learning_rate": args.sft_lr or config.train.learning_rate,
                                                "engine": "trl" if args.tiny else config.train.engine})
     eval_settings = config.eval.model_copy(update={"max_samples": 8 if args.quick else None})
     test = round_dir / "test.jsonl"
@@ -96,6 +102,7 @@ def main() -> None:
     timings["eval_sft_s"] = round(time.monotonic() - mark, 1)
 
     align = AlignConfig(method="dpo", n=args.n, beta=args.beta, learning_rate=args.dpo_lr, epochs=args.dpo_epochs,
+                        sft_weight=args.sft_weight, ld_alpha=args.ld_alpha,
                         max_steps=args.dpo_steps or (4 if args.quick else None))
     mark = time.monotonic()
     best, paths = run_best_of_n(load_samples(cold), str(sft.model_dir), work / "best-of-n", configured_weights(align),

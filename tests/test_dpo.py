@@ -198,3 +198,26 @@ def test_an_unknown_loss_type_is_one_line_naming_the_setting(tmp_path):
                                       "--model", "default", "--loss-type", "sigmoidd"])
     assert result.exit_code == 2 and "align.loss_type" in result.output and "sigmoid" in result.output
     assert "Traceback" not in result.output
+
+
+def test_sft_weight_adds_the_chosen_nll_and_ld_alpha_stops_a_long_rejected_winning_by_length(sft_run, pairs, dpo_run,
+                                                                                              tmp_path):
+    from tuneloop.train.dpo import train_dpo
+
+    def first_step(run):
+        return next(m for m in run.metrics if "loss" in m)
+
+    plain = first_step(dpo_run)
+    assert plain["loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy is its own reference at step 1
+    rpo = train_dpo(*pairs, tmp_path / "rpo", str(sft_run.out_dir), SETTINGS,
+                    ALIGN.model_copy(update={"max_steps": 1, "sft_weight": 1.0}), default_system=SYSTEM, progress=False)
+    # DPO's log 2 plus the chosen answers' mean token NLL under the SFT model (a tiny model: well above 0.1)
+    assert first_step(rpo)["loss"] > plain["loss"] + 0.1
+    reasons = {r["name"] for r in read_json(rpo.out_dir / "config.json")["derived"]["reasons"]}
+    assert rpo.run["sft_weight"] == 1.0 and "sft_weight" in reasons
+    ld = train_dpo(*pairs, tmp_path / "ld", str(sft_run.out_dir), SETTINGS,
+                   ALIGN.model_copy(update={"max_steps": 1, "ld_alpha": 0.0}), default_system=SYSTEM, progress=False)
+    # every rejected answer is longer than its chosen one ("Here is the JSON: " before it): with ld_alpha 0 only
+    # the shared length counts, so the same batch's rejected log-probability is a shorter, larger sum
+    assert first_step(ld)["logps/rejected"] > plain["logps/rejected"] + 1.0
+    assert first_step(ld)["logps/chosen"] == pytest.approx(plain["logps/chosen"], abs=1e-3)

@@ -146,6 +146,12 @@ class AlignConfig(Section):
                        "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"] = Field(
         "sigmoid", description="DPO loss (TRL's loss_type): sigmoid (DPO) | ipo | hinge | robust | apo_zero | "
                                "sigmoid_norm | ...")
+    sft_weight: float = Field(0.0, ge=0, description="DPO: weight of an SFT term (the chosen answer's mean token "
+                              "negative log-likelihood, TRL's `sft` loss) added to the DPO loss, as RPO does: keeps "
+                              "the chosen answers likely while the rejected ones are pushed down (0: DPO alone).")
+    ld_alpha: float | None = Field(None, ge=0, le=1, description="DPO: length desensitization (LD-DPO, TRL's ld_alpha): "
+                                   "log-probabilities past the shorter answer of a pair count this much, so a long "
+                                   "run-on rejected answer does not win the margin by its length alone (None: off).")
     learning_rate: float | None = Field(None, description="None: 2e-5 for LoRA/QLoRA, 1e-6 for full (a tenth of "
                                         "SFT's rates or less: alignment moves a trained model, gently).")
     epochs: float = Field(1, gt=0, description="Passes over the preference pairs (DPO) or the prompts (GRPO).")

@@ -188,6 +188,10 @@ def dpo(
     method: str = typer.Option(None, "--method", help="lora | qlora | full (an adapter is continued as LoRA)."),
     beta: float = typer.Option(None, "--beta", help="DPO beta (align.beta, default 0.1)."),
     loss_type: str = typer.Option(None, "--loss-type", help="TRL loss type: sigmoid | ipo | hinge | robust | ..."),
+    sft_weight: float = typer.Option(None, "--sft-weight", help="Weight of an SFT term on the chosen answer beside "
+                                     "the DPO loss (align.sft_weight, default 0: DPO alone)."),
+    ld_alpha: float = typer.Option(None, "--ld-alpha", help="Length desensitization: tokens past the shorter answer "
+                                   "of a pair count this much (align.ld_alpha, 0..1; default off)."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     epochs: float = typer.Option(None, "--epochs", help="Passes over the pairs (align.epochs, default 1)."),
     lr: float = typer.Option(None, "--lr", help="Learning rate (default 2e-5 LoRA, 1e-6 full)."),
@@ -201,7 +205,8 @@ def dpo(
     """
     inputs = _align_inputs("dpo", train, val, out, project_dir, config_file, model,
                            {"method": method, "max_length": max_length},
-                           {"beta": beta, "loss_type": loss_type, "max_steps": max_steps, "epochs": epochs,
+                           {"beta": beta, "loss_type": loss_type, "sft_weight": sft_weight, "ld_alpha": ld_alpha,
+                            "max_steps": max_steps, "epochs": epochs,
                             "learning_rate": lr})
     train, val, out, model, system, settings, align, _ = inputs
     from tuneloop.train.dpo import train_dpo

@@ -79,6 +79,14 @@ def train_dpo(train_file: str | Path, val_file: str | Path | None, out_dir: str 
         f"{len(train.quarantined)} pair(s) over it quarantined); TRL gets max_length=None, so no answer is cut"))
     derived.reasons.append(Derived("beta", align.beta, "align.beta: higher stays closer to the reference"))
     derived.reasons.append(Derived("loss_type", align.loss_type, "align.loss_type (TRL's loss_type)"))
+    losses, weights = [align.loss_type], [1.0]
+    if align.sft_weight:
+        losses, weights = [align.loss_type, "sft"], [1.0, align.sft_weight]
+        derived.reasons.append(Derived("sft_weight", align.sft_weight, "align.sft_weight: the chosen answer's NLL "
+                                       "beside the DPO loss"))
+    if align.ld_alpha is not None:
+        derived.reasons.append(Derived("ld_alpha", align.ld_alpha, "align.ld_alpha: tokens past the shorter answer "
+                                       "of a pair count this much"))
     fingerprint = run_fingerprint("dpo", start.describe(), config.model_dump(), align.model_dump(), train.sha256,
                                   val.sha256 if val else None, default_system)
     checkpoints, resume_from = open_run_folder(out, fingerprint, resume)
@@ -96,7 +104,8 @@ def train_dpo(train_file: str | Path, val_file: str | Path | None, out_dir: str 
     prepared_s = time.monotonic() - started
 
     args = DPOConfig(**trainer_arguments(config, derived, checkpoints, cuda, val is not None),
-                     beta=align.beta, loss_type=[align.loss_type], max_length=None, remove_unused_columns=False)
+                     beta=align.beta, loss_type=losses, loss_weights=weights, ld_alpha=align.ld_alpha,
+                     max_length=None, remove_unused_columns=False)
     trainer = _dpo_trainer_class()(
         model=policy, args=args, train_dataset=_dataset(train), eval_dataset=_dataset(val) if val else None,
         processing_class=tokenizer, peft_config=peft_config,
@@ -113,7 +122,8 @@ def train_dpo(train_file: str | Path, val_file: str | Path | None, out_dir: str 
         notes.append(f"{train.without_rejected} train sample(s) have no `rejected` answer and are not DPO data.")
     return finish_run(trainer, tokenizer, out, "dpo", start, config, derived,
                       {"train": train.summary(), "val": val.summary() if val else None}, resume_from, timings, started,
-                      {"beta": align.beta, "loss_type": align.loss_type, "reference": reference,
+                      {"beta": align.beta, "loss_type": align.loss_type, "sft_weight": align.sft_weight,
+                       "ld_alpha": align.ld_alpha, "reference": reference,
                        "pairs": {"train": len(train.pairs), "val": len(val.pairs) if val else 0},
                        "longest_pair_tokens": train.longest_pair, "notes": notes,
                        "final": _final_rewards(trainer.state.log_history)})
