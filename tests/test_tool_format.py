@@ -236,3 +236,28 @@ def test_vllm_reads_the_tool_format_from_the_saved_template(tmp_path, tiny_model
     command = build_command(VLLMSettings(str(folder), "m", tool_call_parser=tool_call_parser(folder)))
     assert (command[-2:] == ["--tool-call-parser", "hermes"]) == (parser == "hermes")
     assert command[command.index("--chat-template") + 1] == str(folder / "chat_template.jinja")
+
+
+@pytest.mark.parametrize("fmt, opening", [("json_block", ""), ("hermes", "<tool_call>\n"), ("qwen2.5", "<tool_call>\n")])
+def test_a_forced_call_is_decoded_after_the_call_opening_the_model_was_trained_on(tokenizer, fmt, opening):
+    from types import SimpleNamespace
+
+    from tuneloop.serve.requests import chat_messages
+    from tuneloop.serve.server import encode_request
+
+    if fmt == "qwen2.5":
+        tokenizer.chat_template = QWEN25_TOOLS
+        use_tool_format(tokenizer, "template")
+    else:
+        use_tool_format(tokenizer, fmt)
+    engine = SimpleNamespace(tokenizer=tokenizer)
+    for sample in (CALL, MULTI, PARALLEL):
+        request = to_messages(sample, with_answer=False)
+        messages = chat_messages(json.loads(json.dumps(list(request))))
+        plain = encode_request(engine, messages, request.tools)
+        forced = encode_request(engine, messages, request.tools, forced_call=True)
+        trained = encode_sample(tokenizer, sample, 4096)[0].input_ids
+        # the forced prompt is the training row up to the call's JSON: the constraint starts where the model did
+        assert forced[: len(plain)] == plain and forced == trained[: len(forced)]
+        assert tokenizer.decode(forced[len(plain):]) == opening
+        assert tokenizer.decode(trained[len(forced):]).lstrip().startswith(("{", "["))

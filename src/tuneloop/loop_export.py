@@ -46,15 +46,19 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
     from tuneloop.records import to_messages
     from tuneloop.serve.requests import SMOKE_HEADER
     from tuneloop.serve.server import serve_in_background
+    from tuneloop.tools import answers_with_calls, openai_tools, sample_tools
 
     project, export_dir, round_dir, schema, system = (round_.project, round_.export_dir, round_.round_dir,
                                                      round_.schema, round_.system)
-    sample = load_samples(round_dir / "test.jsonl")[0]
+    samples = load_samples(round_dir / "test.jsonl")
+    # a project that trains calls smokes a call: its tools offered and a call required, as a client would ask
+    sample = next((s for s in samples if answers_with_calls(s)), samples[0])
     messages = to_messages(sample, system, with_answer=False)
-    response_format: dict[str, Any] = (
-        {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
-        if schema else {"type": "json_object"}
-    )
+    functions = sample_tools(sample) if answers_with_calls(sample) else []
+    request: dict[str, Any] = (
+        {"tools": openai_tools(functions), "tool_choice": "required"} if functions else
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+         if schema else {"type": "json_object"}})
     advice = (f"the export {export_dir} is kept but not trusted; try it by hand with `tuneloop serve --model "
               f"{export_dir}`, fix what the reason names, then rerun `{round_.options.command}`.")
     outputs = {"prompt": sample.prompt, "expected": sample.output}
@@ -63,11 +67,13 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
         endpoint.model = endpoint.client.models.list().data[0].id
         started = time.time()
         try:
-            reply = endpoint.create(messages=messages, response_format=response_format, max_tokens=200, temperature=0,
+            reply = endpoint.create(messages=messages, **request, max_tokens=200, temperature=0,
                                     extra_headers={SMOKE_HEADER: "1"})  # stored smoke=1: never data
         except LLMError as err:
             raise RoundRefused("serve smoke", [f"the server refused the smoke request: {err}"], advice, outputs) from err
         latency = time.time() - started
+    if functions:
+        return _check_smoke_call(reply, functions, sample, latency, advice, outputs)
     text = reply.choices[0].message.content or ""
     finish = reply.choices[0].finish_reason
     outputs.update(text=text, finish_reason=finish, latency_s=round(latency, 2))
@@ -86,6 +92,33 @@ def serve_smoke(round_: Round) -> dict[str, Any]:
                                outputs)
     return {"prompt": sample.prompt, "answer": answer, "expected": sample.output, "latency_s": round(latency, 2),
             "finish_reason": finish}
+
+
+def _check_smoke_call(reply: Any, functions: list[dict[str, Any]], sample: Any, latency: float, advice: str,
+                      outputs: dict[str, Any]) -> dict[str, Any]:
+    """The smoke answer of a required call: a `tool_calls` finish whose calls name offered functions and fit their
+    parameters (checked here, as a client would, not taken from the server's word)."""
+    from tuneloop.tools import call_problems
+
+    choice = reply.choices[0]
+    wire = choice.message.tool_calls or []
+    outputs.update(finish_reason=choice.finish_reason, tool_calls=[c.model_dump() for c in wire],
+                   latency_s=round(latency, 2))
+    if choice.finish_reason != "tool_calls" or not wire:
+        raise RoundRefused("serve smoke", [f"a required call came back with finish_reason {choice.finish_reason!r} "
+                                           f"and {len(wire)} tool call(s): {(choice.message.content or '')[:120]!r}"],
+                           advice, outputs)
+    try:
+        calls = [{"name": c.function.name, "arguments": json.loads(c.function.arguments)} for c in wire]
+    except json.JSONDecodeError as err:
+        raise RoundRefused("serve smoke", [f"a served call's arguments are not JSON ({err.msg} at char {err.pos})"],
+                           advice, outputs) from err
+    problems = call_problems(calls, functions)
+    if problems:
+        raise RoundRefused("serve smoke", [f"the served call does not fit its function: {'; '.join(problems[:3])}"],
+                           advice, outputs)
+    return {"prompt": sample.prompt, "answer": calls, "expected": sample.output, "latency_s": round(latency, 2),
+            "finish_reason": choice.finish_reason}
 
 
 def _plain(value: Any) -> Any:

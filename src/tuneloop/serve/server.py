@@ -155,7 +155,8 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
             max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
             if max_tokens > max_tokens_limit:
                 raise BadRequest(400, f"max_tokens {max_tokens} is over the server's limit of {max_tokens_limit}.")
-            prompt_ids = await asyncio.to_thread(encode_request, engine, messages, plan.functions if plan else None)
+            prompt_ids = await asyncio.to_thread(encode_request, engine, messages, plan.functions if plan else None,
+                                                 bool(plan and plan.response_format))
             if engine.max_positions and len(prompt_ids) + max_tokens > engine.max_positions:
                 raise BadRequest(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
                                       f"model's {engine.max_positions} positions; shorten the prompt or lower max_tokens.")
@@ -224,12 +225,16 @@ def create_app(model_dir: str | Path | None, trace_store_path: str | Path, model
     return app
 
 
-def encode_request(engine: Engine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
-    """A request's prompt ids: its messages (`requests.chat_messages`) and tools through the one renderer training uses."""
+def encode_request(engine: Engine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                   forced_call: bool = False) -> list[int]:
+    """A request's prompt ids: its messages (`requests.chat_messages`) and tools through the one renderer training
+    uses; a forced call (tool_choice required or named) also gets the template's call opening (`<tool_call>` in the
+    hermes format), so the constrained JSON follows it as the model was trained to write it."""
     try:
-        return templates.prompt_ids(engine.tokenizer, messages, tools=tools)
+        ids = templates.prompt_ids(engine.tokenizer, messages, tools=tools)
     except Exception as err:  # the model's own chat template refuses this conversation (order of roles, …)
         raise BadRequest(400, f"the model's chat template rejects these messages: {str(err)[:200]}") from None
+    return ids + templates.call_opening(engine.tokenizer, tools) if forced_call and tools else ids
 
 
 class Answer:

@@ -229,6 +229,35 @@ def prompt_ids(tokenizer: Any, prompt: Prompt, default_system: str = "",
                          tokenize=True))
 
 
+def call_opening(tokenizer: Any, tools: list[dict[str, Any]]) -> list[int]:
+    """The tokens a template writes at the start of an assistant turn that calls a function, before the call's JSON:
+    `<tool_call>` and its newline in the hermes format and Qwen2.5's own template, none in json_block. A forced call
+    (tool_choice required or a named function) is decoded after them, as the model was trained to write it, rather
+    than as bare JSON the model never saw at that place. Empty when the template's call turn does not continue the
+    prompt token for token.
+    """
+    if not tools:
+        return []
+    user = [{"role": "user", "content": "x"}]
+    name = tools[0]["name"]
+    turn = {"role": "assistant", "content": "",
+            "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": name, "arguments": {}}}]}
+    prompt = as_ids(render(tokenizer, user, tools, add_generation_prompt=True, tokenize=True))
+    try:
+        full = as_ids(render(tokenizer, user + [turn], tools, tokenize=True))
+    except Exception:  # a template that cannot render a call turn: decode the call as bare JSON
+        return []
+    if full[: len(prompt)] != prompt:
+        return []
+    stops = {end_of_turn_id(tokenizer), tokenizer.eos_token_id}
+    opening: list[int] = []
+    for token in full[len(prompt):]:
+        if token in stops or any(mark in tokenizer.decode(opening + [token]) for mark in ("{", "[", name)):
+            break
+        opening.append(token)
+    return opening
+
+
 def answer_text(tokenizer: Any, sample: Sample) -> str:
     """What the model writes for a sample's answer outside its template's own tool syntax: the output, or a tool
     call as the json_block or hermes format writes it."""
