@@ -69,3 +69,15 @@ def test_runs_started_before_cpu_precision_existed_keep_their_fingerprint():
     assert "cpu_precision" in LATER_DEFAULTS
     assert fingerprint("m", config, Split(), None, "") == content_hash("m", before, "abc", None, "")
     assert fingerprint("m", TrainConfig(cpu_precision="fp32"), Split(), None, "") != fingerprint("m", config, Split(), None, "")
+
+
+def test_alignment_runs_keep_their_fingerprint_when_later_settings_stay_at_their_default():
+    from tuneloop.project import AlignConfig
+    from tuneloop.train.alignment import ALIGN_LATER_DEFAULTS, run_fingerprint
+
+    config, align = TrainConfig(), AlignConfig()
+    before = {k: v for k, v in align.model_dump().items() if k not in ALIGN_LATER_DEFAULTS}
+    trained = {k: v for k, v in config.model_dump().items() if k not in LATER_DEFAULTS}
+    assert run_fingerprint("dpo", "m", config, align, "abc") == content_hash("dpo", "m", trained, before, "abc")
+    assert run_fingerprint("dpo", "m", config, AlignConfig(sft_weight=1.0), "abc") != run_fingerprint(
+        "dpo", "m", config, align, "abc")

@@ -30,7 +30,7 @@ from tuneloop.project import AlignConfig, TrainConfig
 from tuneloop.records import content_hash
 from tuneloop.train.config import TrainSettings, derive_settings
 from tuneloop.train.checkpoints import TrainError, checkpoint_step, open_run_folder
-from tuneloop.train.sft import RunResult, hardware, load_base_model
+from tuneloop.train.sft import RunResult, hardware, load_base_model, settings_key
 
 ALIGN_LORA_LR = 2e-5
 ALIGN_FULL_LR = 1e-6
@@ -136,8 +136,13 @@ def align_settings(config: TrainConfig, align: AlignConfig, rows: int, cuda: boo
     return settings
 
 
-def run_fingerprint(*parts: Any) -> str:
-    return content_hash(*parts)
+# AlignConfig fields added after runs existed, with their defaults
+ALIGN_LATER_DEFAULTS = {"sft_weight": 0.0, "ld_alpha": None}
+
+
+def run_fingerprint(kind: str, start: str, config: TrainConfig, align: AlignConfig, *parts: Any) -> str:
+    """What makes two alignment runs the same run; settings added later count only when set (see `settings_key`)."""
+    return content_hash(kind, start, settings_key(config), settings_key(align, ALIGN_LATER_DEFAULTS), *parts)
 
 
 def trainer_arguments(config: TrainConfig, derived: TrainSettings, checkpoints: Path, cuda: bool,

@@ -87,7 +87,7 @@ def train_dpo(train_file: str | Path, val_file: str | Path | None, out_dir: str 
     if align.ld_alpha is not None:
         derived.reasons.append(Derived("ld_alpha", align.ld_alpha, "align.ld_alpha: tokens past the shorter answer "
                                        "of a pair count this much"))
-    fingerprint = run_fingerprint("dpo", start.describe(), config.model_dump(), align.model_dump(), train.sha256,
+    fingerprint = run_fingerprint("dpo", start.describe(), config, align, train.sha256,
                                   val.sha256 if val else None, default_system)
     checkpoints, resume_from = open_run_folder(out, fingerprint, resume)
     policy, peft_config, reference = load_policy(start, config, derived, cuda)

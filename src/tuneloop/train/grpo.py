@@ -165,7 +165,7 @@ def train_grpo(train_file: str | Path, out_dir: str | Path, model: str,
     weights = configured_weights(align)
     derived.reasons.append(Derived("rewards", json.dumps(weights), f"align.rewards or align.preset {align.preset!r}"))
     train_sha = file_digest(train_path)
-    fingerprint = run_fingerprint("grpo", start.describe(), config.model_dump(), align.model_dump(), train_sha,
+    fingerprint = run_fingerprint("grpo", start.describe(), config, align, train_sha,
                                   default_system, schema)
     checkpoints, resume_from = open_run_folder(out, fingerprint, resume)
     policy, peft_config, reference = load_policy(start, config, derived, cuda)

@@ -59,13 +59,19 @@ class RunResult:
 LATER_DEFAULTS = {"cpu_precision": "auto", "tool_format": "auto"}
 
 
+def settings_key(config: Any, later: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A config as a run's fingerprint hashes it: fields added after runs existed (`later`, with their defaults)
+    are left out while at their default, so those runs still resume."""
+    later = LATER_DEFAULTS if later is None else later
+    return config.model_dump(exclude={k for k, v in later.items() if getattr(config, k) == v})
+
+
 def fingerprint(model_path: str, config: TrainConfig, train: PreparedSplit, val: PreparedSplit | None,
                 default_system: str) -> str:
     """What makes two runs the same run: model, settings, data bytes, system prompt.
 
     Settings added after runs existed are left out while at their default, so those runs still resume."""
-    settings = config.model_dump(exclude={k for k, v in LATER_DEFAULTS.items() if getattr(config, k) == v})
-    return content_hash(model_path, settings, train.sha256, val.sha256 if val else None, default_system)
+    return content_hash(model_path, settings_key(config), train.sha256, val.sha256 if val else None, default_system)
 
 
 def hardware() -> dict[str, Any]:
