@@ -38,7 +38,7 @@ def test_the_engine_loss_curve_matches_trl_over_50_steps(method, tiny_model_dir,
     train = write_samples(tmp_path / "train.jsonl", samples(64, 1))
     settings = dict(method=method, max_length=192, per_device_batch=1, effective_batch=8, max_steps=50,
                     lora_dropout=0.0, learning_rate=2e-3 if method == "lora" else 1e-3, eval_steps=100,
-                    cpu_precision="fp32")  # bf16 autocast has its own test against fp32 (test_train_engine_precision)
+                    cpu_precision="fp32")  # bf16 and mixed have their own test against fp32 (test_train_engine_precision)
     ours = train_sft(train, None, tmp_path / "ours", str(tiny_model_dir), TrainConfig(**settings), progress=False)
     trl = train_sft(train, None, tmp_path / "trl", str(tiny_model_dir), TrainConfig(**settings, engine="trl"),
                     progress=False)
@@ -66,6 +66,18 @@ def test_the_answer_only_loss_equals_full_vocabulary_cross_entropy_and_its_gradi
     torch.testing.assert_close(loss, reference)
     torch.testing.assert_close(hidden.grad, reference_hidden.grad)
     torch.testing.assert_close(weight.grad, reference_weight.grad)
+    assert correct.item() == (logits.argmax(-1) == targets).sum().item()
+
+
+def test_evaluation_computes_the_same_loss_and_accuracy_with_no_gradient_work():
+    torch.manual_seed(1)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden, targets = torch.randn(37, 16), torch.randint(0, 50, (37,))
+    with torch.no_grad():
+        loss, correct = answer_loss(hidden, head, targets)
+    assert not loss.requires_grad
+    logits = hidden @ head.weight.detach().t()
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
     assert correct.item() == (logits.argmax(-1) == targets).sum().item()
 
 

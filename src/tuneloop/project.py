@@ -132,9 +132,10 @@ class TrainConfig(Section):
                             "(<tools> / <tool_call> / <tool_response>, read by vLLM's hermes parser) | auto (template "
                             "when the model's template renders tools, else json_block); saved in the trained model's "
                             "chat template.")
-    cpu_precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="CPU training precision of the "
-                                                           "tuneloop engine (auto: fp32, measured faster per step than "
-                                                           "bf16 autocast even with AMX; bf16: autocast).")
+    cpu_precision: Literal["auto", "fp32", "bf16", "mixed"] = Field(
+        "auto", description="CPU training precision of the tuneloop engine: mixed (the frozen base multiplies in "
+                            "bf16, sums, adapters and loss in fp32) | fp32 | bf16 (autocast, measured slower and "
+                            "3-6 % off in loss) | auto (mixed where the CPU has avx512_bf16 or AMX, else fp32).")
 
 
 class AlignConfig(Section):

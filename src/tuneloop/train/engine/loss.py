@@ -110,6 +110,22 @@ def answer_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.T
         logits = lm_head(hidden).float()
         loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
         return loss, (logits.detach().argmax(-1) == targets).sum()
+    if not torch.is_grad_enabled():  # evaluation: chunks with no gradient work at all, as small as Liger's on a GPU
+        vocab = weight.shape[0]
+        rows = min(chunk_rows(vocab, hidden.device), max(64, LOGIT_BYTES_PER_CHUNK["liger"] // (4 * vocab)))
+        return _chunked_cross_entropy(hidden, weight, targets, rows)
     if fused is not None and hidden.is_cuda:
         return fused(weight, hidden, targets)
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_rows(weight.shape[0], hidden.device))
+
+
+def _chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+    """(summed cross-entropy, correct count) chunk by chunk, softmax in fp32: the forward half of the function above."""
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        t = targets[start:start + chunk]
+        logits = (hidden[start:start + chunk] @ weight.t()).float()
+        loss += (torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None]).squeeze(1)).sum()
+        correct += (logits.argmax(dim=-1) == t).sum()
+    return loss, correct

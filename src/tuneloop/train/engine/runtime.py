@@ -3,8 +3,8 @@
 Choices, each measured (docs/benchmarks.md, "Training"):
 - CPU threads = the cores in this process's affinity mask (a container or `taskset` gives fewer than
   `os.cpu_count()`), one inter-op thread, so OpenMP never runs more threads than cores.
-- CPU precision fp32 (`train.cpu_precision: auto|fp32|bf16`, `engine.precision`): bf16 autocast measured slower
-  per whole step on an AMX CPU and 3-6 % off TRL's loss; under `bf16`, attention stays fp32.
+- CPU precision (`train.cpu_precision: auto|fp32|bf16|mixed`, `engine.precision`): `mixed` where the CPU has
+  native bf16 products (the frozen base multiplies in bf16, all sums in fp32; `engine/precision.py`), else fp32.
 - CPU LoRA dropout: one mask per distinct input of a decoder layer (`engine.dropout`), 4 masks per layer, not 7.
 - GPU: bf16 weights and autocast; attention through `flex_attention` with a per-document BlockMask (blocks
   across documents are skipped, not masked), each decoder layer compiled with `torch.compile` (switch: train.compile);
@@ -76,6 +76,7 @@ class Runtime:
     recompute: Recompute = field(default_factory=Recompute)
     cpu_precision: CpuPrecision | None = None
     fp32_attention: bool = False     # attention outside bf16 autocast (CPU)
+    bf16_base: int = 0               # frozen linear layers multiplying in bf16 (CPU, `mixed`)
     shared_dropout: int = 0          # LoRA modules whose dropout shares one mask per distinct input (CPU)
 
     @property
@@ -90,10 +91,12 @@ class Runtime:
         info = {"engine": "tuneloop", "device": self.device.type,
                 "attention": attention + (", fp32 under bf16 autocast" if self.fp32_attention else ""),
                 "compiled": self.compiled, "cpu_threads": self.threads,
-                "precision": "bf16" if self.bf16 else "fp32",
+                "precision": "bf16" if self.bf16 else "mixed" if self.bf16_base else "fp32",
                 "recompute": self.recompute.describe()}
         if self.cpu_precision is not None:
             info["cpu_precision"] = self.cpu_precision.describe()
+        if self.bf16_base:
+            info["bf16_base_layers"] = self.bf16_base
         if self.shared_dropout:
             info["lora_dropout"] = f"one mask per distinct layer input ({self.shared_dropout} LoRA modules)"
         if self.device.type == "cuda":
@@ -129,7 +132,7 @@ def prepare_runtime(model: Any, cuda: bool, compile_mode: str, keep: float = 1.0
 
 def prepare_cpu_runtime(model: Any, keep: float, random_layers: bool, reason: str, cpu_precision: str) -> Runtime:
     from tuneloop.train.engine.dropout import share_lora_dropout
-    from tuneloop.train.engine.precision import choose_cpu_precision, use_fp32_attention
+    from tuneloop.train.engine.precision import choose_cpu_precision, use_bf16_base, use_fp32_attention
 
     threads = set_cpu_threads()
     precision = choose_cpu_precision(cpu_precision)
@@ -137,6 +140,8 @@ def prepare_cpu_runtime(model: Any, keep: float, random_layers: bool, reason: st
     if runtime.bf16:
         use_fp32_attention(model)
         runtime.fp32_attention = True
+    elif precision.dtype == "mixed":
+        runtime.bf16_base = use_bf16_base(decoder_of(model).layers)
     runtime.shared_dropout = share_lora_dropout(model, decoder_of(model).layers)
     runtime.recompute = apply_recompute(model, keep, compiled=False, random_layers=random_layers, reason=reason)
     return runtime
