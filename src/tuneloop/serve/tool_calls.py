@@ -10,9 +10,9 @@ required             yes                  JSON schema: anyOf {"name": const, "ar
 ```
 A required or named call is decoded after the template's call opening (`templates.call_opening`: `<tool_call>` in
 the hermes format and Qwen2.5's template, nothing in json_block), which goes into the prompt, so the model writes
-the JSON where it was trained to. A constrained call is valid by construction and checked after generation like every constrained answer; an `auto`
-answer that is a call whose arguments break their schema is an error (HTTP 500, finish_reason "schema_invalid"),
-never passed on as a call.
+the JSON where it was trained to. A constrained call is valid by construction and checked after generation like
+every constrained answer; an `auto` answer that is a call whose arguments break their schema is an error (HTTP 500,
+finish_reason "schema_invalid"), never passed on as a call.
 """
 
 from __future__ import annotations
