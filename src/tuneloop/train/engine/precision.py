@@ -33,7 +33,7 @@ SETTINGS = ("fp32", "bf16", "mixed")
 @dataclass
 class CpuPrecision:
     dtype: str                  # fp32 | bf16 | mixed
-    setting: str                # auto | fp32 | bf16
+    setting: str                # auto | fp32 | bf16 | mixed
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"setting": self.setting, "chosen": self.dtype}
@@ -74,7 +74,6 @@ def use_fp32_attention(model: Any) -> None:
     AttentionInterface.register(FP32_ATTENTION, _sdpa_fp32)
     ALL_MASK_ATTENTION_FUNCTIONS.register(FP32_ATTENTION, sdpa_mask)  # the same masks as sdpa (packed documents)
     model.set_attn_implementation(FP32_ATTENTION)
-
 
 
 def _bf16_base_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
